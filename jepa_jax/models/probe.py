@@ -1,0 +1,144 @@
+"""The attentive probe of the frozen evaluation: one learned query cross-attends to the encoder tokens.
+
+Module and attribute names follow src/models/attentive_pooler.py and src/models/utils/modules.py, so the parameter
+path joined with '.' is the official probe key without the DDP 'module.' prefix (after kernel->weight with a
+transpose, scale->weight). A released probe therefore loads by renaming leaves, and ours export the same way.
+
+The probe is small (one block) but sees many tokens: 8 segments x 1568 = 12,544 keys for K400. Its cost is the
+kv projection over those tokens, so the compute dtype is configurable; LayerNorm, softmax and the logits are float32.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Logical axis names, shared with models/layers.py: the sharding rules in the config map them to mesh axes.
+_EMBED, _HEADS, _MLP, _NORM, _CLASSES = 'embed', 'heads', 'mlp', 'norm', 'classes'
+
+
+def _normal(std, names):
+  # Official init is trunc_normal_(std=0.02) with the default *absolute* bounds a=-2, b=2, i.e. +-100 std: it
+  # never truncates, so a plain normal draws from the same distribution (reference 6.1, 10).
+  return nnx.with_partitioning(nnx.initializers.normal(std), names)
+
+
+def _zeros(names):
+  return nnx.with_partitioning(nnx.initializers.zeros_init(), names)
+
+
+def _linear(din, dout, names, rngs, dtype, use_bias=True):
+  """nn.Linear as the pooler's _init_weights leaves it: weight N(0, 0.02), bias 0."""
+  return nnx.Linear(
+      din, dout, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=_normal(0.02, names), bias_init=_zeros(names[1:]), rngs=rngs)
+
+
+def _layer_norm(dim, rngs):
+  # Probe norms are nn.LayerNorm with the torch default eps 1e-5 (the encoder uses 1e-6). Always float32.
+  return nnx.LayerNorm(
+      dim, epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32,
+      scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), (_NORM,)),
+      bias_init=_zeros((_NORM,)), rngs=rngs)
+
+
+class Mlp(nnx.Module):
+  """fc1 -> exact-erf GELU -> fc2 (torch nn.GELU default; flax's default is the tanh approximation)."""
+
+  def __init__(self, dim, hidden, *, dtype, rngs):
+    self.fc1 = _linear(dim, hidden, (_EMBED, _MLP), rngs, dtype)
+    self.fc2 = _linear(hidden, dim, (_MLP, _EMBED), rngs, dtype)
+
+  def __call__(self, x):
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class CrossAttention(nnx.Module):
+  """Queries attend to the (already normalised) encoder tokens.
+
+  kv is one Linear(D, 2D) whose output rows are [k | v], each head-major, as the official reshape
+  (B, N, 2, H, D/H) reads them.
+  """
+
+  def __init__(self, dim, num_heads, *, qkv_bias, dtype, implementation, rngs):
+    if dim % num_heads:
+      raise ValueError(f'embed_dim {dim} is not divisible by num_heads {num_heads}')
+    self.num_heads = num_heads
+    self.implementation = implementation
+    self.q = _linear(dim, dim, (_EMBED, _HEADS), rngs, dtype, use_bias=qkv_bias)
+    self.kv = _linear(dim, 2 * dim, (_EMBED, _HEADS), rngs, dtype, use_bias=qkv_bias)
+    # [quirk, reference 6.1] proj is created (and initialised, and rescaled) so the state dict matches the
+    # released probes, but forward does not apply it: adding it (jepa PR #17) broke the released probes and was
+    # reverted (a0517b4); jepa issue #94. It receives zero gradient.
+    self.proj = _linear(dim, dim, (_HEADS, _EMBED), rngs, dtype)
+
+  def __call__(self, q, x):
+    b, n, d = q.shape
+    h = self.num_heads
+    q = self.q(q).reshape(b, n, h, d // h)
+    kv = self.kv(x).reshape(b, x.shape[1], 2, h, d // h)
+    k, v = kv[:, :, 0], kv[:, :, 1]
+    # Scale head_dim ** -0.5, as torch SDPA; layout [B, T, H, head_dim].
+    out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    return out.reshape(b, n, d)
+
+
+class CrossAttentionBlock(nnx.Module):
+  """y = xattn(q, norm1(x)); q += y; q += mlp(norm2(q)). The query itself is never normalised before attention."""
+
+  def __init__(self, dim, num_heads, mlp_ratio, *, qkv_bias, dtype, implementation, rngs):
+    self.dtype = dtype
+    self.norm1 = _layer_norm(dim, rngs)
+    self.xattn = CrossAttention(
+        dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, implementation=implementation, rngs=rngs)
+    self.norm2 = _layer_norm(dim, rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+
+  def __call__(self, q, x):
+    y = self.xattn(q.astype(self.dtype), self.norm1(x).astype(self.dtype))
+    q = q + y.astype(q.dtype)
+    return q + self.mlp(self.norm2(q).astype(self.dtype)).astype(q.dtype)
+
+
+class AttentivePooler(nnx.Module):
+  """One learned query pooled over the tokens by a cross-attention block: [B, N, D] -> [B, 1, D]."""
+
+  def __init__(self, embed_dim, num_heads, mlp_ratio=4.0, depth=1, qkv_bias=True, dtype=jnp.float32,
+               implementation=None, *, rngs):
+    if depth != 1:
+      # depth > 1 appends self-attention Blocks on the query; no V1 config uses it.
+      raise NotImplementedError(f'AttentivePooler supports depth=1 (every V-JEPA eval config); got {depth}')
+    self.query_tokens = nnx.Param(
+        _normal(0.02, (None, None, _EMBED))(rngs.params(), (1, 1, embed_dim), jnp.float32))
+    self.cross_attention_block = CrossAttentionBlock(
+        embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, dtype=dtype, implementation=implementation,
+        rngs=rngs)
+    # Official _rescale_blocks: divide by sqrt(2 * layer_id) with layer_id = 1, after the init and never undone.
+    blk = self.cross_attention_block
+    for lin in (blk.xattn.proj, blk.mlp.fc2):
+      lin.kernel[...] = lin.kernel[...] / math.sqrt(2.0)
+
+  def __call__(self, x):
+    q = jnp.broadcast_to(self.query_tokens[...], (x.shape[0],) + self.query_tokens.shape[1:])
+    return self.cross_attention_block(q, x)
+
+
+class AttentiveClassifier(nnx.Module):
+  """Pooler + linear head; returns float32 logits [B, num_classes] for tokens [B, N, D]."""
+
+  def __init__(self, embed_dim, num_heads, num_classes, mlp_ratio=4.0, depth=1, qkv_bias=True,
+               dtype=jnp.float32, implementation=None, *, rngs):
+    self.pooler = AttentivePooler(
+        embed_dim, num_heads, mlp_ratio, depth, qkv_bias, dtype, implementation, rngs=rngs)
+    # The head is a plain nn.Linear created outside the pooler, so _init_weights never touches it: it keeps
+    # torch's default init, U(-1/sqrt(D), 1/sqrt(D)) for weight and bias (kaiming_uniform with a=sqrt(5)).
+    bound = 1.0 / math.sqrt(embed_dim)
+    uniform = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+    self.linear = nnx.Linear(
+        embed_dim, num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+        kernel_init=nnx.with_partitioning(uniform, (_EMBED, _CLASSES)),
+        bias_init=nnx.with_partitioning(uniform, (_CLASSES,)), rngs=rngs)
+
+  def __call__(self, tokens):
+    pooled = self.pooler(tokens)[:, 0]
+    return self.linear(pooled.astype(jnp.float32))

@@ -1,0 +1,144 @@
+"""The attentive probe against a PyTorch oracle written from reference 6.1, with identical weights."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from jepa_jax.models.probe import AttentiveClassifier
+from tests.torch_probe_reference import AttentiveClassifier as TorchAttentiveClassifier
+
+D, HEADS, CLASSES = 64, 4, 10
+
+
+def _build(dim=D, heads=HEADS, classes=CLASSES, seed=0, dtype=jnp.float32):
+  with nnx.use_eager_sharding(False):
+    return AttentiveClassifier(dim, heads, classes, dtype=dtype, rngs=nnx.Rngs(seed))
+
+
+def _torch_state_dict(model):
+  """Our tree -> official keys: path joined with '.', kernel -> weight (transposed), scale -> weight."""
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  out = {}
+  for path, var in flat:
+    names = [str(p) for p in path]
+    value = np.array(var[...], dtype=np.float32)
+    if names[-1] == 'kernel':
+      names[-1], value = 'weight', value.T
+    elif names[-1] == 'scale':
+      names[-1] = 'weight'
+    out['.'.join(names)] = torch.from_numpy(value.copy())
+  return out
+
+
+def _tokens(b=3, n=50, dim=D, seed=1):
+  return np.random.default_rng(seed).normal(size=(b, n, dim)).astype(np.float32) * 2.0
+
+
+def test_param_names_are_the_official_probe_keys():
+  sd = _torch_state_dict(_build())
+  ref = TorchAttentiveClassifier(D, HEADS, CLASSES).state_dict()
+  assert sorted(sd) == sorted(ref)
+  assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+  assert 'pooler.cross_attention_block.xattn.proj.weight' in sd
+
+
+def test_logits_match_torch_with_identical_weights():
+  model = _build()
+  ref = TorchAttentiveClassifier(D, HEADS, CLASSES)
+  ref.load_state_dict(_torch_state_dict(model), strict=True)
+  x = _tokens()
+  ours = np.asarray(jax.jit(lambda m, t: m(t))(model, x))
+  with torch.no_grad():
+    theirs = ref(torch.from_numpy(x)).numpy()
+  assert ours.dtype == np.float32 and ours.shape == (3, CLASSES)
+  rel = np.linalg.norm(ours - theirs) / np.linalg.norm(theirs)
+  assert rel < 1e-5, rel
+
+
+def test_kv_rows_are_k_then_v():
+  # The torch oracle fixes the layout; this guards the test itself: a swapped [v | k] split gives other logits.
+  model = _build()
+  x = _tokens()
+  base = np.asarray(model(x))
+  kv = model.pooler.cross_attention_block.xattn.kv
+  k_rows = kv.kernel[...][:, :D]
+  kv.kernel[...] = jnp.concatenate([kv.kernel[...][:, D:], k_rows], axis=1)
+  assert not np.allclose(np.asarray(model(x)), base, atol=1e-6)
+
+
+def test_output_projection_is_in_params_but_not_applied():
+  model = _build()
+  x = _tokens()
+  base = np.asarray(model(x))
+  proj = model.pooler.cross_attention_block.xattn.proj
+  proj.kernel[...] = proj.kernel[...] * 7.0 + 1.0
+  proj.bias[...] = proj.bias[...] + 3.0
+  np.testing.assert_array_equal(np.asarray(model(x)), base)
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def loss(p):
+    return jnp.sum(nnx.merge(graphdef, p)(x) ** 2)
+
+  grads = jax.grad(loss)(params)
+  assert float(jnp.abs(grads['pooler']['cross_attention_block']['xattn']['proj']['kernel'][...]).max()) == 0.0
+  assert float(jnp.abs(grads['pooler']['query_tokens'][...]).max()) > 0.0
+
+
+def test_init_statistics_follow_the_official_init():
+  dim = 256
+  model = _build(dim=dim, heads=8, classes=400, seed=3)
+  blk = model.pooler.cross_attention_block
+  std = lambda v: float(np.std(np.asarray(v[...])))
+  for lin in (blk.xattn.q, blk.xattn.kv, blk.mlp.fc1):
+    assert std(lin.kernel) == pytest.approx(0.02, rel=0.03)
+    assert float(np.abs(np.asarray(lin.bias[...])).max()) == 0.0
+  # Rescaled by sqrt(2) after the init (_rescale_blocks with layer_id 1).
+  assert std(blk.mlp.fc2.kernel) == pytest.approx(0.02 / math.sqrt(2), rel=0.03)
+  assert std(blk.xattn.proj.kernel) == pytest.approx(0.02 / math.sqrt(2), rel=0.03)
+  assert std(model.pooler.query_tokens) == pytest.approx(0.02, rel=0.25)  # only 256 draws
+  np.testing.assert_array_equal(np.asarray(blk.norm1.scale[...]), 1.0)
+  # The head keeps torch's default Linear init: U(+-1/sqrt(D)), std = bound / sqrt(3), for weight and bias.
+  bound = 1 / math.sqrt(dim)
+  head = np.asarray(model.linear.kernel[...])
+  assert np.abs(head).max() <= bound and std(model.linear.kernel) == pytest.approx(bound / math.sqrt(3), rel=0.03)
+  assert np.abs(np.asarray(model.linear.bias[...])).max() <= bound
+  # Same statistics as the torch oracle's own init.
+  ref = TorchAttentiveClassifier(dim, 8, 400)
+  assert float(ref.pooler.cross_attention_block.mlp.fc2.weight.detach().std()) == pytest.approx(
+      std(blk.mlp.fc2.kernel), rel=0.05)
+
+
+def test_layernorm_eps_is_torch_default():
+  blk = _build().pooler.cross_attention_block
+  assert blk.norm1.epsilon == 1e-5 and blk.norm2.epsilon == 1e-5
+
+
+def test_logical_axis_names_for_sharding():
+  model = _build()
+  flat = {'.'.join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  names = lambda k: tuple(flat[k].get_metadata()['out_sharding'])
+  assert names('linear.kernel') == ('embed', 'classes')
+  assert names('linear.bias') == ('classes',)
+  assert names('pooler.cross_attention_block.norm1.scale') == ('norm',)
+  assert names('pooler.cross_attention_block.xattn.kv.kernel') == ('embed', 'heads')
+  assert names('pooler.cross_attention_block.mlp.fc2.kernel') == ('mlp', 'embed')
+  assert names('pooler.query_tokens') == (None, None, 'embed')
+
+
+def test_bfloat16_compute_stays_close_and_returns_float32():
+  f32 = _build()
+  bf16 = _build(dtype=jnp.bfloat16)
+  x = _tokens()
+  a, b = np.asarray(f32(x)), bf16(jnp.asarray(x, jnp.bfloat16))
+  assert b.dtype == jnp.float32
+  assert np.linalg.norm(a - np.asarray(b)) / np.linalg.norm(a) < 3e-2
+
+
+def test_depth_other_than_one_is_refused():
+  with pytest.raises(NotImplementedError):
+    with nnx.use_eager_sharding(False):
+      AttentiveClassifier(D, HEADS, CLASSES, depth=2, rngs=nnx.Rngs(0))
