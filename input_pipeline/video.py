@@ -1,0 +1,274 @@
+"""PyAV decoding with the official V-JEPA frame-index rule (reference §5.3).
+
+The official loader (decord) builds a frame index of the whole file and then reads `get_batch(indices)`. We do the
+same with PyAV, but decode only what the clip needs: the packet headers give every frame's presentation time and the
+keyframes, so we seek to the keyframe before the first wanted frame, decode forward, convert only the wanted frames
+to RGB and stop after the last one. Frame i is the i-th frame in presentation order, as in decord, which keeps the
+index rule exact for B-frames and variable frame rates.
+
+Every way a file can be unusable raises `VideoDecodeError(path, reason)`, so the pipeline can skip it, count it and
+draw another sample instead of crashing or looping.
+"""
+import bisect
+import dataclasses
+import math
+import os
+from typing import Sequence
+
+import av
+import numpy as np
+
+MIN_FILE_BYTES = 1024  # official: smaller files are rejected ("avoid hanging issue"), reference §5.3.
+MAX_FILE_BYTES = 10**9  # official filter_long_videos default.
+
+
+class VideoDecodeError(Exception):
+  """A video that cannot give a clip; `reason` says why, in words fit for a warning."""
+
+  def __init__(self, path: str, reason: str):
+    super().__init__(f"{path}: {reason}")
+    self.path = path
+    self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSampling:
+  """How clips are cut from a video: the arguments of the official `VideoDataset` (reference §5.3).
+
+  allow_clip_overlap is False in pretraining and True in the evaluations. `fps` > 0 replaces frame_step by the
+  V-JEPA 2 rule; `clip_duration` > 0 by the V-JEPA 1 duration rule.
+  """
+  frames_per_clip: int = 16
+  frame_step: int = 4
+  num_clips: int = 1
+  random_clip_sampling: bool = True
+  allow_clip_overlap: bool = False
+  filter_short_videos: bool = False
+  filter_long_videos: int = MAX_FILE_BYTES
+  clip_duration: float = 0.0
+  fps: float = 0.0
+
+  @classmethod
+  def from_config(cls, data, **overrides) -> "ClipSampling":
+    """Reads the config.data field names; evaluation passes allow_clip_overlap=True and its num_clips."""
+    kwargs = dict(
+        frames_per_clip=int(data.frames_per_clip), frame_step=int(data.frame_step),
+        num_clips=int(data.num_clips), filter_short_videos=bool(data.filter_short_videos),
+        clip_duration=float(data.clip_duration or 0.0), fps=float(data.get("fps", 0.0) or 0.0))
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def effective_frame_step(sampling: ClipSampling, avg_fps: float | None) -> int:
+  """The frame step after the duration (V-JEPA 1) or fps (V-JEPA 2) rules; both need the video's average fps."""
+  if sampling.fps > 0 and avg_fps:
+    # V-JEPA 2 (reference §9): frame_step = ceil(video_fps) // fps.
+    return max(1, int(math.ceil(avg_fps) // sampling.fps))
+  if sampling.clip_duration > 0 and avg_fps:
+    # Official: fstp = int(duration * avg_fps / fpc), truncation (reference §5.3). Can be 0 for short durations;
+    # we keep at least 1 so the clip is well defined.
+    return max(1, int(sampling.clip_duration * avg_fps / sampling.frames_per_clip))
+  return sampling.frame_step
+
+
+def clip_indices(num_frames: int, sampling: ClipSampling, rng: np.random.Generator,
+                 avg_fps: float | None = None) -> list[np.ndarray]:
+  """Frame indices of each clip, exactly the official rule (reference §5.3), int64 [frames_per_clip] each.
+
+  The random clip end comes from `rng` (grain's per-element generator) instead of the global numpy state.
+  Raises ValueError when filter_short_videos rejects the video (the caller turns it into a VideoDecodeError).
+  """
+  fpc = sampling.frames_per_clip
+  fstp = effective_frame_step(sampling, avg_fps)
+  clip_len = int(fpc * fstp)
+  if sampling.filter_short_videos and num_frames < clip_len:
+    raise ValueError(f"too short: {num_frames} frames < clip length {clip_len}")
+  partition_len = num_frames // sampling.num_clips
+  clips = []
+  for i in range(sampling.num_clips):
+    if partition_len > clip_len:
+      end = clip_len
+      if sampling.random_clip_sampling:
+        end = int(rng.integers(clip_len, partition_len))  # np.random.randint(clip_len, partition_len)
+      start = end - clip_len
+      # [code≠paper] linspace over clip_len+1 points' span: stride 64/15, last index end-1 (reference §5.3).
+      idx = np.linspace(start, end, num=fpc)
+      idx = np.clip(idx, start, end - 1).astype(np.int64) + i * partition_len
+    elif not sampling.allow_clip_overlap:
+      # Short partition in pretraining: spread over the partition, pad with its last frame (reference §5.3).
+      n = partition_len // fstp
+      idx = np.concatenate([np.linspace(0, partition_len, num=n), np.full(fpc - n, float(partition_len))])
+      idx = np.clip(idx, 0, partition_len - 1).astype(np.int64) + i * partition_len
+    else:
+      # Evals: [quirk] clipped to sample_len-1 (not sample_len), and every segment of a short video gets the same
+      # frames (clip_step 0), reference §5.3.
+      sample_len = min(clip_len, num_frames) - 1
+      n = sample_len // fstp
+      idx = np.concatenate([np.linspace(0, sample_len, num=n), np.full(fpc - n, float(sample_len))])
+      idx = np.clip(idx, 0, sample_len - 1).astype(np.int64)
+      clip_step = 0
+      if num_frames > clip_len:
+        clip_step = (num_frames - clip_len) // (sampling.num_clips - 1)
+      idx = idx + i * clip_step
+    clips.append(idx)
+  return clips
+
+
+@dataclasses.dataclass
+class _FrameTable:
+  """Presentation timestamps of all frames (sorted) and the timestamps of the keyframes (sorted)."""
+  pts: np.ndarray
+  key_pts: list
+  avg_fps: float | None
+
+
+def _check_file(path: str, max_bytes: int) -> None:
+  if not os.path.exists(path):
+    raise VideoDecodeError(path, "missing file")
+  size = os.path.getsize(path)
+  if size < MIN_FILE_BYTES:
+    raise VideoDecodeError(path, f"file too small ({size} bytes)")
+  if size > max_bytes:
+    raise VideoDecodeError(path, f"file too large ({size} bytes)")
+
+
+def _open(path: str, threads: int):
+  try:
+    container = av.open(path, metadata_errors="ignore")
+  except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+    raise VideoDecodeError(path, f"cannot open: {e}") from None
+  if not container.streams.video:
+    container.close()
+    raise VideoDecodeError(path, "no video stream (audio-only?)")
+  stream = container.streams.video[0]
+  # Frame threads help a lone reader; one thread per worker process is cheaper when every core has a worker.
+  stream.codec_context.thread_count = threads
+  stream.codec_context.thread_type = "FRAME" if threads != 1 else "SLICE"
+  return container, stream
+
+
+def _frame_table(path, container, stream) -> _FrameTable:
+  """Demuxes packet headers only (no decoding) to learn every frame's timestamp, like decord's index."""
+  pts, key_pts = [], []
+  try:
+    for packet in container.demux(stream):
+      if packet.size == 0:
+        continue
+      t = packet.pts if packet.pts is not None else packet.dts
+      if t is None:
+        raise VideoDecodeError(path, "packets without timestamps")
+      pts.append(t)
+      if packet.is_keyframe:
+        key_pts.append(t)
+  except av.FFmpegError as e:
+    if not pts:
+      raise VideoDecodeError(path, f"cannot demux: {e}") from None
+    # A truncated tail: keep the frames before it, as decord does.
+  if not pts:
+    raise VideoDecodeError(path, "no video frames")
+  avg = stream.average_rate or stream.guessed_rate
+  avg_fps = float(avg) if avg else None
+  if not avg_fps and len(pts) > 1 and stream.time_base:
+    avg_fps = (len(pts) - 1) / float((max(pts) - min(pts)) * stream.time_base)
+  return _FrameTable(np.sort(np.asarray(pts, np.int64)), sorted(key_pts) or [int(min(pts))], avg_fps)
+
+
+def _to_rgb(frame) -> np.ndarray:
+  rgb = frame.to_ndarray(format="rgb24")
+  rotation = int(getattr(frame, "rotation", 0) or 0) % 360
+  if rotation:
+    # Display matrix rotation is counter-clockwise in degrees; show the frame as a player would.
+    rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+  return rgb
+
+
+def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int]) -> dict:
+  """Decodes the frames with the given indices; returns {index: uint8 [H, W, 3]}."""
+  wanted_pts = {int(table.pts[i]): i for i in sorted(set(int(i) for i in wanted))}
+  targets = sorted(wanted_pts)
+  out = {}
+  frames = None
+  last_pts = None  # presentation time of the last decoded frame
+  t = 0
+  while t < len(targets):
+    target = targets[t]
+    k = bisect.bisect_right(table.key_pts, target) - 1
+    key = table.key_pts[max(k, 0)]
+    # Seek only when the next wanted frame lies past a keyframe we have not reached; otherwise decode on.
+    if frames is None or last_pts is None or key > last_pts:
+      container.seek(key, stream=stream, backward=True, any_frame=False)
+      frames = container.decode(stream)
+      last_pts = None
+    try:
+      frame = next(frames)
+    except StopIteration:
+      raise VideoDecodeError(path, f"truncated: frame {wanted_pts[target]} not decodable") from None
+    except av.FFmpegError as e:
+      raise VideoDecodeError(path, f"corrupt data: {e}") from None
+    fpts = frame.pts if frame.pts is not None else frame.dts
+    if fpts is None:
+      raise VideoDecodeError(path, "decoded frames without timestamps")
+    if last_pts is None and fpts > target:
+      # Open GOP: the seek landed after the wanted frame; step one keyframe back and try again.
+      if k <= 0:
+        raise VideoDecodeError(path, f"cannot reach frame {wanted_pts[target]}")
+      table.key_pts = table.key_pts[:k] + table.key_pts[k + 1:]
+      frames = None
+      continue
+    last_pts = fpts
+    if targets[t] < fpts:  # the decoder skipped a wanted frame (corrupt data)
+      raise VideoDecodeError(path, f"frame {wanted_pts[targets[t]]} missing from the decoded stream")
+    if fpts == targets[t]:
+      out[wanted_pts[fpts]] = _to_rgb(frame)
+      t += 1
+  return out
+
+
+def video_info(path: str) -> tuple[int, float | None]:
+  """(number of frames, average fps) from packet headers; raises VideoDecodeError for unusable files."""
+  _check_file(path, MAX_FILE_BYTES)
+  container, stream = _open(path, 1)
+  try:
+    table = _frame_table(path, container, stream)
+  finally:
+    container.close()
+  return len(table.pts), table.avg_fps
+
+
+def decode_frames(path: str, indices: Sequence[int], *, threads: int = 1) -> np.ndarray:
+  """Frames at the given presentation-order indices (repeats allowed), uint8 [len(indices), H, W, 3] RGB."""
+  _check_file(path, MAX_FILE_BYTES)
+  container, stream = _open(path, threads)
+  try:
+    table = _frame_table(path, container, stream)
+    bad = [i for i in indices if not 0 <= int(i) < len(table.pts)]
+    if bad:
+      raise VideoDecodeError(path, f"frame index {bad[0]} outside [0, {len(table.pts)})")
+    frames = _decode_at(path, container, stream, table, indices)
+  finally:
+    container.close()
+  return np.stack([frames[int(i)] for i in indices])
+
+
+def load_clips(path: str, sampling: ClipSampling, rng: np.random.Generator, *,
+               threads: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """The official `loadvideo_decord`: num_clips clips uint8 [T, H, W, 3] and their frame indices.
+
+  Opens the file once: the packet headers give the frame count and fps for the index rule, then only the frames
+  of the clips are decoded.
+  """
+  _check_file(path, sampling.filter_long_videos)
+  container, stream = _open(path, threads)
+  try:
+    table = _frame_table(path, container, stream)
+    try:
+      indices = clip_indices(len(table.pts), sampling, rng, table.avg_fps)
+    except ValueError as e:
+      raise VideoDecodeError(path, str(e)) from None
+    flat = np.concatenate(indices)
+    if flat.min() < 0:
+      raise VideoDecodeError(path, f"too short: {len(table.pts)} frames for {sampling.num_clips} clips")
+    frames = _decode_at(path, container, stream, table, flat)
+  finally:
+    container.close()
+  return [np.stack([frames[int(i)] for i in idx]) for idx in indices], indices
