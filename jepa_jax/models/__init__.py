@@ -1,0 +1,63 @@
+"""Model construction from config.model (configs/default.py): the encoder, the predictor and a parameter count.
+
+Builders create plain unsharded variables (no mesh needed), so call them under nnx.eval_shape for an abstract model
+or inside a jitted init with out_shardings for a sharded one.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from jepa_jax.models.predictor import VisionTransformerPredictor
+from jepa_jax.models.vit import MODEL_ZOO, VisionTransformer
+
+__all__ = ["MODEL_ZOO", "VisionTransformer", "VisionTransformerPredictor", "build_encoder", "build_predictor",
+           "count_params"]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _common(cfg: ml_collections.ConfigDict) -> dict:
+  if cfg.dtype not in _DTYPES:
+    raise ValueError(f"config.model.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+  return dict(img_size=cfg.crop_size, patch_size=cfg.patch_size, num_frames=cfg.num_frames,
+              tubelet_size=cfg.tubelet_size, uniform_power=cfg.uniform_power, dtype=_DTYPES[cfg.dtype],
+              attention_impl=cfg.attention_impl or None, remat=cfg.remat, scan_layers=cfg.scan_layers)
+
+
+def build_encoder(model_cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, *,
+                  abstract_depth: int | None = None) -> VisionTransformer:
+  """The context (and target) encoder named by config.model.name.
+
+  abstract_depth: build an abstract (eval_shape) model with that many blocks, to read its dimensions cheaply.
+  """
+  if model_cfg.name not in MODEL_ZOO:
+    raise ValueError(f"unknown config.model.name {model_cfg.name!r}; choose from {sorted(MODEL_ZOO)}")
+  factory = MODEL_ZOO[model_cfg.name]
+  with nnx.use_eager_sharding(False):
+    if abstract_depth is not None:
+      return nnx.eval_shape(lambda: factory(**_common(model_cfg), depth=abstract_depth, rngs=nnx.Rngs(0)))
+    return factory(**_common(model_cfg), rngs=rngs)
+
+
+def build_predictor(model_cfg: ml_collections.ConfigDict, num_mask_tokens: int,
+                    rngs: nnx.Rngs) -> VisionTransformerPredictor:
+  """The predictor for the configured encoder, one mask token per mask generator (reference §2.3)."""
+  # The encoder's width and heads, read from a one-block abstract build (nothing allocated).
+  encoder = build_encoder(model_cfg, nnx.Rngs(0), abstract_depth=1)
+  # V-JEPA 1 gives the predictor the encoder's head count (16 for L/H, so head_dim 24); 0 in the config means that.
+  num_heads = model_cfg.pred_num_heads or encoder.num_heads
+  with nnx.use_eager_sharding(False):
+    return VisionTransformerPredictor(
+        **_common(model_cfg), embed_dim=encoder.embed_dim, predictor_embed_dim=model_cfg.pred_embed_dim,
+        depth=model_cfg.pred_depth, num_heads=num_heads, num_mask_tokens=num_mask_tokens,
+        zero_init_mask_tokens=model_cfg.zero_init_mask_tokens, rngs=rngs)
+
+
+def count_params(module_or_state) -> int:
+  """Number of trainable scalars (nnx.Param) in a module, an abstract module, a State or a pure dict."""
+  if isinstance(module_or_state, nnx.Module):
+    module_or_state = nnx.state(module_or_state, nnx.Param)
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(module_or_state))

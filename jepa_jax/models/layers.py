@@ -1,0 +1,244 @@
+"""Building blocks shared by the encoder and the predictor (reference §2.2).
+
+Modules are named like the official PyTorch modules so that a parameter path joined with '.' is the PyTorch
+state_dict key (see jepa_jax/torch_layout.py). Parameters are float32; `dtype` is the compute dtype of the matmuls.
+LayerNorm, the attention softmax and the residual stream stay float32, as under the official bf16 autocast.
+
+Every parameter carries logical axis names ('embed', 'mlp', 'heads', 'norm', 'conv'); configs/default.py maps
+them to mesh axes. Nothing here needs a mesh at construction: build under `nnx.use_eager_sharding(False)`.
+"""
+import functools
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+LN_EPS = 1e-6
+
+# [quirk §2.2 Initialisation] The official pretraining re-initialises every Linear after construction
+# (app/vjepa/utils.py:init_video_model), which overwrites the depth rescale of proj/fc2: all Linear weights end
+# up N(0, 0.02), biases 0. Its trunc_normal_ cuts at the absolute bounds [-2, 2], i.e. never at std 0.02, so the
+# matching JAX initialiser is a plain normal; jax's truncated_normal would cut at 2 sigma and shrink the std.
+weight_init = nnx.initializers.normal(0.02)
+zeros_init = nnx.initializers.zeros_init()
+
+
+def constrain(x: jax.Array) -> jax.Array:
+  """Pins the residual stream [B, N, D] to batch sharding.
+
+  Without it XLA's SPMD partitioner produced silently wrong numbers on a (2, 2, 2) mesh
+  (reference/nnx_functional_patterns.md §0). A no-op when no logical axis rules are active.
+  """
+  return nn.with_logical_constraint(x, ("batch", None, None))
+
+
+def linear(in_features: int, out_features: int, axes: tuple[str | None, str | None], bias_axis: str | None,
+           dtype, rngs: nnx.Rngs) -> nnx.Linear:
+  """An official-init Linear whose kernel [in, out] carries `axes` and whose bias carries `bias_axis`."""
+  return nnx.Linear(
+      in_features, out_features, use_bias=True, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=weight_init, bias_init=zeros_init, rngs=rngs,
+      kernel_metadata={"out_sharding": axes}, bias_metadata={"out_sharding": (bias_axis,)})
+
+
+def layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """LayerNorm(eps 1e-6, affine) computed in float32 whatever the compute dtype."""
+  return nnx.LayerNorm(
+      dim, epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs,
+      scale_metadata={"out_sharding": ("norm",)}, bias_metadata={"out_sharding": ("norm",)})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Positional tables (reference §2.2 "Positional embedding"). Computed, never learned, so not nnx.Params.
+
+
+def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+  """[sin(p w_0..w_{d/2-1}) | cos(...)] for integer positions p, all sines first (not interleaved)."""
+  omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+  out = np.einsum("p,k->pk", pos.reshape(-1).astype(np.float64), omega)
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def get_3d_sincos_pos_embed(embed_dim: int, grid_depth: int, grid_size: int, uniform_power: bool) -> np.ndarray:
+  """The official 3-D sin-cos table [T'*H'*W', D], float32, token order t-major, then h, then w.
+
+  Features are laid out [t | h | w]. With uniform_power every axis gets ceil(D/6)*2 dims and the concatenation is
+  truncated to D (D=1024 drops the last 2 width-cosine dims); otherwise t gets D/2, h and w D/4 each.
+  """
+  if uniform_power:
+    d_t = d_h = d_w = int(math.ceil(embed_dim / 6) * 2)
+  else:
+    d_t, d_h, d_w = embed_dim // 2, embed_dim // 4, embed_dim // 4
+  t, h, w = np.meshgrid(np.arange(grid_depth), np.arange(grid_size), np.arange(grid_size), indexing="ij")
+  table = np.concatenate([_sincos_1d(d_t, t), _sincos_1d(d_h, h), _sincos_1d(d_w, w)], axis=1)
+  return table[:, :embed_dim].astype(np.float32)
+
+
+def _linear_weights(n_in: int, n_out: int, scale: float) -> np.ndarray:
+  """[n_out, n_in] interpolation matrix of PyTorch's linear upsampling with align_corners=False.
+
+  When F.interpolate gets scale_factor (as the official interpolate_pos_encoding passes), the source coordinate is
+  (dst + 0.5) / scale_factor - 0.5, clamped below at 0, and the right neighbour is clamped at the edge.
+  """
+  src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) / scale - 0.5, 0.0)
+  i0 = np.floor(src).astype(np.int64)
+  lam = src - i0
+  i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
+  mat = np.zeros((n_out, n_in), np.float64)
+  np.add.at(mat, (np.arange(n_out), i0), 1.0 - lam)
+  np.add.at(mat, (np.arange(n_out), i1), lam)
+  return mat
+
+
+def interpolate_pos_embed(table: np.ndarray, src_grid: tuple[int, int, int],
+                          dst_grid: tuple[int, int, int]) -> np.ndarray:
+  """Resizes a [T'*H'*W', D] table to dst_grid like F.interpolate(scale_factor=dst/src, mode='trilinear').
+
+  Trilinear resampling is separable, so it is three small matrix products along t, h and w (float64).
+  """
+  src_grid, dst_grid = tuple(src_grid), tuple(dst_grid)
+  if src_grid == dst_grid:
+    return np.asarray(table, np.float32)
+  grid = np.asarray(table, np.float64).reshape(*src_grid, -1)
+  for axis, (n_in, n_out) in enumerate(zip(src_grid, dst_grid)):
+    scale = n_out / n_in
+    if math.floor(n_in * scale) != n_out:  # PyTorch derives the output size as floor(in * scale_factor).
+      raise ValueError(f"grid {src_grid} -> {dst_grid}: PyTorch would produce a different size on axis {axis}")
+    grid = np.moveaxis(np.tensordot(_linear_weights(n_in, n_out, scale), grid, axes=(1, axis)), 0, axis)
+  return grid.reshape(-1, grid.shape[-1]).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=32)
+def pos_table(embed_dim: int, built_grid: tuple[int, int, int], grid: tuple[int, int, int],
+              uniform_power: bool) -> np.ndarray:
+  """The table a model built at built_grid uses at grid (interpolated when they differ); cached, read-only.
+
+  The official table is created once for the square built grid (T0, S, S) and only resized in the forward pass.
+  """
+  table = get_3d_sincos_pos_embed(embed_dim, built_grid[0], built_grid[1], uniform_power)
+  table = interpolate_pos_embed(table, built_grid, grid)
+  table.setflags(write=False)
+  return table
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Modules
+
+
+class PatchEmbed3D(nnx.Module):
+  """Conv3d tubelet embedding, channels-last: [B, T, H, W, 3] -> [B, T'*H'*W', D] in t-h-w token order."""
+
+  def __init__(self, *, patch_size: int = 16, tubelet_size: int = 2, in_chans: int = 3, embed_dim: int = 768,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    kernel = (tubelet_size, patch_size, patch_size)
+    # Conv3d weight keeps trunc_normal(0.02) in the official init (the Linear re-init does not touch it).
+    self.proj = nnx.Conv(
+        in_chans, embed_dim, kernel_size=kernel, strides=kernel, padding="VALID", dtype=dtype,
+        param_dtype=jnp.float32, kernel_init=weight_init, bias_init=zeros_init, rngs=rngs,
+        kernel_metadata={"out_sharding": ("conv", "conv", "conv", "conv", "embed")},
+        bias_metadata={"out_sharding": ("norm",)})
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = self.proj(x)
+    return y.reshape(y.shape[0], -1, y.shape[-1]).astype(jnp.float32)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with a fused qkv Linear (rows q | k | v, head-major) and no mask (V1 has none)."""
+
+  def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, dtype=jnp.float32,
+               attention_impl: str | None = None, rngs: nnx.Rngs):
+    if not qkv_bias:
+      raise ValueError("every official model uses qkv_bias=True")
+    self.num_heads = num_heads
+    self.dtype = dtype
+    self.attention_impl = attention_impl
+    self.qkv = linear(dim, 3 * dim, ("embed", "heads"), "heads", dtype, rngs)
+    self.proj = linear(dim, dim, ("heads", "embed"), "norm", dtype, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, d = x.shape
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, N, H, hd]
+    # Scale 1/sqrt(hd) as SDPA's default. The logits and softmax are float32 even for bf16 q/k/v
+    # (tests/test_models.py checks the jaxpr).
+    out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+    return self.proj(out.reshape(b, n, d))
+
+
+class Mlp(nnx.Module):
+  """fc1 -> exact (erf) GELU -> fc2. Flax's gelu defaults to the tanh approximation; the official nn.GELU does not."""
+
+  def __init__(self, dim: int, hidden: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.fc1 = linear(dim, hidden, ("embed", "mlp"), "mlp", dtype, rngs)
+    self.fc2 = linear(hidden, dim, ("mlp", "embed"), "norm", dtype, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block; no layer-scale, no drop-path, no dropout (V1)."""
+
+  def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+               dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
+    self.norm1 = layer_norm(dim, rngs)
+    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, attention_impl=attention_impl,
+                          rngs=rngs)
+    self.norm2 = layer_norm(dim, rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = constrain(x + self.attn(self.norm1(x)).astype(jnp.float32))
+    return constrain(x + self.mlp(self.norm2(x)).astype(jnp.float32))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stacks of blocks: a list (one compile per block) or one vmapped stack run by a scan (compile time flat in depth).
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def make_blocks(depth: int, make_block: Callable[[nnx.Rngs], Block], *, scan_layers: bool, rngs: nnx.Rngs):
+  """nnx.List of `depth` blocks, or one Block whose params carry a leading 'layers' axis of size depth."""
+  if not scan_layers:
+    return nnx.List([make_block(rngs) for _ in range(depth)])
+
+  # Without transform_metadata the stacked params keep 2-D names on 3-D arrays and the layer axis gets sharded
+  # (reference/nnx_functional_patterns.md §4).
+  @nnx.split_rngs(splits=depth)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def stack(r):
+    return make_block(r)
+
+  return stack(rngs)
+
+
+def run_blocks(blocks, x: jax.Array, *, scan_layers: bool, remat: str) -> jax.Array:
+  """Applies the blocks in order, functionally (split/merge), with the configured jax.checkpoint policy."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+  policy = REMAT_POLICIES[remat]
+
+  def apply(graphdef, state, h):
+    return nnx.merge(graphdef, state)(h)
+
+  if remat != "none":
+    apply = jax.checkpoint(apply, policy=policy, static_argnums=(0,), prevent_cse=not scan_layers)
+  if scan_layers:
+    graphdef, stacked = nnx.split(blocks)
+    x, _ = jax.lax.scan(lambda h, s: (apply(graphdef, s, h), None), x, stacked)
+    return x
+  for blk in blocks:
+    graphdef, state = nnx.split(blk)
+    x = apply(graphdef, state, x)
+  return x

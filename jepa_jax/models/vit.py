@@ -1,0 +1,114 @@
+"""The V-JEPA video encoder (also the target encoder) and the official model zoo (reference §2.1, §2.2)."""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jepa_jax.models import layers
+
+
+class VisionTransformer(nnx.Module):
+  """Tubelet embedding + sin-cos positions + pre-norm blocks + final LayerNorm; no CLS token, no pooling.
+
+  The positional table is recomputed from static sizes instead of stored, so it is not a parameter (the official
+  one is a frozen nn.Parameter; exporters write it with torch_layout.pos_embed_entries).
+  """
+
+  def __init__(self, *, img_size: int = 224, patch_size: int = 16, num_frames: int = 16, tubelet_size: int = 2,
+               embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+               qkv_bias: bool = True, uniform_power: bool = True, dtype=jnp.float32,
+               attention_impl: str | None = None, remat: str = "none", scan_layers: bool = False,
+               rngs: nnx.Rngs):
+    if img_size % patch_size or num_frames % tubelet_size:
+      raise ValueError(f"img_size {img_size} must be divisible by patch_size {patch_size} and num_frames "
+                       f"{num_frames} by tubelet_size {tubelet_size}")
+    if embed_dim % num_heads:
+      raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+    self.img_size, self.patch_size = img_size, patch_size
+    self.num_frames, self.tubelet_size = num_frames, tubelet_size
+    self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
+    self.uniform_power = uniform_power
+    self.remat, self.scan_layers = remat, scan_layers
+    self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
+    self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
+
+    self.patch_embed = layers.PatchEmbed3D(
+        patch_size=patch_size, tubelet_size=tubelet_size, embed_dim=embed_dim, dtype=dtype, rngs=rngs)
+    self.blocks = layers.make_blocks(
+        depth, lambda r: layers.Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dtype=dtype,
+                                      attention_impl=attention_impl, rngs=r),
+        scan_layers=scan_layers, rngs=rngs)
+    self.norm = layers.layer_norm(embed_dim, rngs)
+
+  def pos_embed(self, grid: tuple[int, int, int] | None = None):
+    """[N, D] float32 table for a token grid; trilinearly resized from the built grid like the official
+    interpolate_pos_encoding when the clip size differs."""
+    return layers.pos_table(self.embed_dim, self.grid, tuple(grid or self.grid), self.uniform_power)
+
+  def __call__(self, x: jax.Array, keep_indices: jax.Array | None = None) -> jax.Array:
+    """x: [B, T, H, W, 3] normalised clip, or an image [B, H, W, 3]; keep_indices: int [B, K] tokens to keep.
+
+    Returns float32 [B, K or N, D]. The positions are added before the gather, so kept tokens carry their absolute
+    positions (official apply_masks).
+    """
+    if x.ndim == 4:
+      # Official image eval: a forward pre-hook repeats each image num_frames times along time (reference §6.3).
+      x = jnp.repeat(x[:, None], self.num_frames, axis=1)
+    _, t, h, w, _ = x.shape
+    if t % self.tubelet_size or h % self.patch_size or w % self.patch_size:
+      raise ValueError(f"clip {x.shape[1:4]} is not divisible by the tubelet/patch size "
+                       f"({self.tubelet_size}, {self.patch_size}, {self.patch_size})")
+    grid = (t // self.tubelet_size, h // self.patch_size, w // self.patch_size)
+    tokens = self.patch_embed(x) + jnp.asarray(self.pos_embed(grid))[None]
+    tokens = layers.constrain(tokens)
+    if keep_indices is not None:
+      tokens = jnp.take_along_axis(tokens, keep_indices[..., None].astype(jnp.int32), axis=1)
+    tokens = layers.run_blocks(self.blocks, tokens, scan_layers=self.scan_layers, remat=self.remat)
+    return layers.constrain(self.norm(tokens)).astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model zoo (reference §2.1). Every official model uses qkv_bias=True and LayerNorm eps 1e-6.
+
+
+def vit_tiny(**kwargs) -> VisionTransformer:
+  return VisionTransformer(**{"patch_size": 16, "embed_dim": 192, "depth": 12, "num_heads": 3, **kwargs})
+
+
+def vit_small(**kwargs) -> VisionTransformer:
+  return VisionTransformer(**{"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6, **kwargs})
+
+
+def vit_base(**kwargs) -> VisionTransformer:
+  return VisionTransformer(**{"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+
+
+def vit_large(**kwargs) -> VisionTransformer:
+  return VisionTransformer(**{"patch_size": 16, "embed_dim": 1024, "depth": 24, "num_heads": 16, **kwargs})
+
+
+def vit_huge(**kwargs) -> VisionTransformer:
+  return VisionTransformer(**{"patch_size": 16, "embed_dim": 1280, "depth": 32, "num_heads": 16, **kwargs})
+
+
+def vit_giant(**kwargs) -> VisionTransformer:
+  # mlp_ratio 48/11 gives int(1408 * 48/11) = int(6144.0) = 6144 hidden units.
+  return VisionTransformer(**{"patch_size": 16, "embed_dim": 1408, "depth": 40, "num_heads": 16,
+                              "mlp_ratio": 48 / 11, **kwargs})
+
+
+def vit_gigantic(**kwargs) -> VisionTransformer:
+  # [quirk §2.1] The official factory passes `mpl_ratio=64/13` (a typo) that **kwargs swallows, so the MLP keeps
+  # the default ratio 4.0 (hidden 6656). We reproduce the effective model. Its default patch size is 14.
+  return VisionTransformer(**{"patch_size": 14, "embed_dim": 1664, "depth": 48, "num_heads": 16,
+                              "mlp_ratio": 4.0, **kwargs})
+
+
+MODEL_ZOO = {
+    "vit_tiny": vit_tiny,
+    "vit_small": vit_small,
+    "vit_base": vit_base,
+    "vit_large": vit_large,
+    "vit_huge": vit_huge,
+    "vit_giant": vit_giant,
+    "vit_gigantic": vit_gigantic,
+}
