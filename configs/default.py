@@ -14,6 +14,10 @@ def get_config() -> ml_collections.ConfigDict:
   # --- model (reference §2) ---
   config.model = model = ml_collections.ConfigDict()
   model.name = "vit_large"
+  # > 0: override the zoo's width / depth / heads (tests and the CPU demo use small custom sizes).
+  model.embed_dim = 0
+  model.depth = 0
+  model.num_heads = 0
   model.patch_size = 16
   model.tubelet_size = 2
   model.num_frames = 16

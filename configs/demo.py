@@ -1,0 +1,35 @@
+"""The embedded default: a tiny V-JEPA on synthetic videos that trains on a 2-core CPU in a few minutes.
+
+It writes its own videos (moving shapes, input_pipeline/synthetic.py) into WORKDIR/data on the first run, so
+`python -m jepa_jax.main --config=configs/demo.py --workdir=DIR` needs nothing else. Same code path as the real
+configs; only sizes and the schedule horizon shrink.
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.name = "vit_tiny"
+  config.model.crop_size = 64
+  config.model.num_frames = 16
+  config.model.pred_depth = 4
+  config.model.pred_embed_dim = 96
+  config.model.dtype = "float32"  # bfloat16 brings no speed on CPU.
+
+  config.data.synthetic_videos = 96
+  config.data.batch_size = 8
+  config.data.frame_step = 2
+  config.data.num_workers = 0
+
+  config.optim.ipe = 50
+  config.optim.epochs = 12
+  config.optim.warmup = 2
+  config.optim.start_lr = 2e-4
+  config.optim.lr = 1e-3
+  config.optim.final_lr = 1e-5
+  config.optim.ema = (0.996, 1.0)
+
+  config.checkpoint.every_steps = 100
+  config.log_every = 10
+  config.visualize_at_end = True
+  return config

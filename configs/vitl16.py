@@ -1,0 +1,15 @@
+"""ViT-L/16 at 16x224x224: the official configs/pretrain/vitl16.yaml (reference §1).
+
+128 GPUs x 24 clips = 3072 clips per step, 90,000 steps. Data lists go in config.data.datasets (official format,
+"path label" per line); the official run mixes K710, SSv2 and HowTo100M lists.
+Pure data parallelism: the f32 state (params, EMA, AdamW moments) is ~4.9 GB and fits every accelerator.
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.name = "vit_large"
+  config.data.batch_size = 3072
+  config.mesh.shape = (-1, 1, 1)
+  return config

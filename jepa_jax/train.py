@@ -1,0 +1,192 @@
+"""The pretraining loop, read top to bottom: config check → mesh → data → state → restore → compile → loop.
+
+The math of one step lives in train_step.py; this file only wires it to data, devices, checkpoints and logs.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+from input_pipeline import masks as masks_lib
+from input_pipeline import pipeline
+from jepa_jax import checkpointing
+from jepa_jax import config_validation
+from jepa_jax import distributed
+from jepa_jax import flops as flops_lib
+from jepa_jax import metrics as metrics_lib
+from jepa_jax import optim
+from jepa_jax import profiling
+from jepa_jax import schedules
+from jepa_jax import sharding
+from jepa_jax import synthetic_data
+from jepa_jax import train_state
+from jepa_jax import train_step as train_step_lib
+from jepa_jax.progress import ProgressBar
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
+
+
+def abstract_batch(config, specs, mesh):
+  """Shapes of one global batch, to compile the step before the first batch arrives."""
+  m = config.model
+  b = config.data.batch_size
+  sh = sharding.batch_sharding(mesh)
+  sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+  return {
+      "clips": sds((b, m.num_frames, m.crop_size, m.crop_size, 3), np.uint8),
+      "labels": sds((b,), np.int32),
+      "context_masks": tuple(sds((b, s.num_context), np.int32) for s in specs),
+      "target_masks": tuple(sds((b, s.num_target), np.int32) for s in specs),
+  }
+
+
+def _log_compiled(compiled, step_flops_total: float, num_devices: int) -> None:
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    gib = 1024 ** 3
+    logging.info("Compiled step memory per device: arguments %.2f GiB, outputs %.2f GiB, temporaries %.2f GiB, "
+                 "generated code %.2f MiB.", mem.argument_size_in_bytes / gib, mem.output_size_in_bytes / gib,
+                 mem.temp_size_in_bytes / gib, mem.generated_code_size_in_bytes / 2 ** 20)
+  logging.info("Analytic FLOPs per step: %.4g total, %.4g per device.", step_flops_total,
+               step_flops_total / num_devices)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Pretrains V-JEPA as configured; resumes from the latest checkpoint in workdir. Returns the last metrics."""
+  workdir = epath.Path(workdir)
+  is_primary = jax.process_index() == 0
+
+  # --- Config check: before anything is built or compiled ---
+  num_devices = jax.device_count()
+  per_device_batch = config_validation.validate_pretrain_config(config, num_devices)
+  if is_primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  distributed.check_config_agrees_across_processes(config)
+
+  # --- Synthetic demo data, written once by process 0 ---
+  if config.data.synthetic_videos > 0:
+    lists = synthetic_data.ensure_synthetic_videos(config, workdir, is_primary=is_primary)
+    multihost_utils.sync_global_devices("synthetic data written")
+    with config.unlocked():
+      config.data.datasets = tuple(lists)
+
+  # --- Mesh ---
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.mesh)
+  logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), num_devices, jax.process_count())
+
+  # --- Masks and input pipeline ---
+  specs = masks_lib.mask_specs_from_config(config, per_device_batch)
+  logging.info("Mask generators (context, target tokens): %s",
+               [(s.num_context, s.num_target) for s in specs])
+  mask_fn = masks_lib.MultiBlockMaskGenerator(
+      specs, crop_size=config.model.crop_size, num_frames=config.model.num_frames,
+      patch_size=config.model.patch_size, tubelet_size=config.model.tubelet_size)
+  dataset = pipeline.make_pretrain_dataset(
+      config, mask_fn=mask_fn, global_batch_size=config.data.batch_size,
+      process_index=jax.process_index(), process_count=jax.process_count(), seed=config.seed)
+  data_iter = iter(dataset)
+
+  # --- Model, optimizer, shardings ---
+  defs = train_state.model_defs(config)
+  tx = optim.make_optimizer(config.optim)
+  with jax.set_mesh(mesh):
+    state_sh = train_state.state_shardings(defs, tx, mesh, rules)
+  fns = train_step_lib.make_step_functions(config, defs.encoder_def, defs.predictor_def, tx)
+  total_steps = schedules.total_steps(config.optim)
+
+  # --- Restore the latest checkpoint, or initialise ---
+  ckpt = checkpointing.Checkpointer(
+      workdir / "checkpoints", keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
+      every_steps=config.checkpoint.every_steps)
+  ckpt.install_sigterm_handler()
+  abstract = train_state.abstract_state(defs, tx, state_sh)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(abstract, data_iterator=data_iter)
+    logging.info("Resumed from step %d.", int(state["step"]))
+  else:
+    with jax.set_mesh(mesh):
+      state = train_state.create_train_state(config, tx, state_sh, seed=config.seed)
+  start_step = int(jax.device_get(state["step"]))
+
+  # --- Compile once: static shapes, donated state ---
+  batch_sh = sharding.batch_sharding(mesh)
+  step_fn = jax.jit(
+      functools.partial(train_step_lib.train_step, fns=fns),
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding.replicated(mesh)),
+      donate_argnums=0)
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh), _rules_context(rules):
+    compiled = step_fn.lower(abstract, abstract_batch(config, specs, mesh)).compile()
+  compile_s = time.perf_counter() - t0
+  flops_per_step = flops_lib.train_step_flops_from_config(config, specs)["total"]
+  logging.info("Compiled the train step in %.1f s.", compile_s)
+  _log_compiled(compiled, flops_per_step, num_devices)
+
+  # --- Loop ---
+  writer = metrics_lib.MetricsWriter(workdir, is_primary=is_primary, write_tag=config.write_tag)
+  tokens_per_clip = (config.model.num_frames // config.model.tubelet_size) * (
+      config.model.crop_size // config.model.patch_size) ** 2
+  device_kind = jax.devices()[0].device_kind
+  progress = ProgressBar(total=total_steps, initial=start_step, enabled=is_primary)
+  profiler = profiling.ProfilerWindow(workdir, config.profile_steps, enabled=is_primary)
+  last_metrics, window_start, window_steps = {}, time.perf_counter(), 0
+  step = start_step
+  while step < total_steps:
+    profiler.maybe_start(step)
+    local = next(data_iter)
+    batch = sharding.host_local_batch_to_global(local, mesh)
+    state, metrics = compiled(state, batch)
+    step += 1
+    window_steps += 1
+    profiler.maybe_stop(step, sync=metrics["loss"])
+
+    stopping = ckpt.should_stop(step)
+    if step % config.log_every == 0 or step == total_steps or ckpt.should_save(step) or stopping:
+      metrics = jax.device_get(metrics)  # The one host sync: at log steps only.
+      if not np.isfinite(metrics["loss"]):
+        ckpt.wait()
+        raise NonFiniteLossError(
+            f"loss is {metrics['loss']} at step {step}; stopping. The last good checkpoint (step "
+            f"{ckpt.latest_step()}) is kept in {workdir / 'checkpoints'}. Lower config.optim.lr or check the data.")
+      elapsed = time.perf_counter() - window_start
+      step_time = elapsed / window_steps
+      clips_per_s = config.data.batch_size / step_time
+      last_metrics = {
+          **{k: float(v) for k, v in metrics.items()},
+          "step_time_s": step_time,
+          "clips_per_s": clips_per_s,
+          "tokens_per_s_per_device": clips_per_s * tokens_per_clip / num_devices,
+          "mfu": metrics_lib.mfu(flops_per_step, step_time, num_devices, device_kind),
+          "skipped_videos": pipeline.skipped_video_count(),
+      }
+      writer.write(step, last_metrics, ipe=config.optim.ipe)
+      progress.update(step, last_metrics)
+      window_start, window_steps = time.perf_counter(), 0
+
+    if ckpt.should_save(step) or stopping or step == total_steps:
+      ckpt.save(step, state, data_iterator=data_iter, config=config, force=True)
+      if stopping:
+        logging.warning("Preemption signal received: saved step %d and stopping.", step)
+        break
+
+  ckpt.wait()
+  ckpt.close()
+  writer.close()
+  progress.close()
+  return last_metrics
+
+
+def _rules_context(rules):
+  from flax import nnx
+  return nnx.logical_axis_rules(rules)

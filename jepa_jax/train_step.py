@@ -1,0 +1,156 @@
+"""The V-JEPA pretraining step as pure functions: (state, batch) -> (state, metrics).
+
+Reference §4.2. Per step: normalise the uint8 clip on the device; the target encoder sees every token (no gradient),
+its output is layer-normed without affine; for each mask generator the context encoder sees only the context tokens
+and the predictor, with that generator's mask token, predicts the target tokens; loss = mean over generators of the
+mean |pred - target|^p / p (+ reg_coeff * reg term); AdamW; EMA of the target encoder after the update.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jepa_jax import optim
+from jepa_jax import schedules
+
+# ImageNet statistics in the 0..255 range: the clip leaves the host as uint8 (4x fewer bytes than float32).
+_MEAN = jnp.array([0.485, 0.456, 0.406], jnp.float32) * 255.0
+_STD = jnp.array([0.229, 0.224, 0.225], jnp.float32) * 255.0
+_BATCH_AXES = ("data", "fsdp")
+
+
+def normalize_clips(clips: jax.Array, dtype) -> jax.Array:
+  """uint8 [..., 3] RGB -> ImageNet-normalised values in the compute dtype."""
+  return ((clips.astype(jnp.float32) - _MEAN) / _STD).astype(dtype)
+
+
+def layer_norm_no_affine(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """F.layer_norm(x, (D,)) of the official target normalisation (reference §4.2), in float32."""
+  x = x.astype(jnp.float32)
+  mean = x.mean(-1, keepdims=True)
+  var = jnp.square(x - mean).mean(-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def gather_tokens(x: jax.Array, indices: jax.Array) -> jax.Array:
+  """x [B, N, D] at indices [B, K] -> [B, K, D] (the official apply_masks)."""
+  return jnp.take_along_axis(x, indices[..., None], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+  """What the step needs besides state and batch; static under jit."""
+  encoder_def: Any
+  predictor_def: Any
+  tx: optax.GradientTransformation
+  compute_dtype: Any
+  loss_exp: float
+  reg_coeff: float
+  grad_accum_steps: int
+  ema_momentum: Callable[[jax.Array], jax.Array]
+  learning_rate: Callable[[jax.Array], jax.Array]
+  weight_decay: Callable[[jax.Array], jax.Array]
+
+
+def make_step_functions(config, encoder_def, predictor_def, tx) -> StepFunctions:
+  return StepFunctions(
+      encoder_def=encoder_def,
+      predictor_def=predictor_def,
+      tx=tx,
+      compute_dtype=jnp.dtype(config.model.dtype),
+      loss_exp=float(config.loss.loss_exp),
+      reg_coeff=float(config.loss.reg_coeff),
+      grad_accum_steps=int(config.optim.grad_accum_steps),
+      ema_momentum=schedules.ema_momentum_schedule(config.optim),
+      learning_rate=schedules.learning_rate_schedule(config.optim),
+      weight_decay=schedules.weight_decay_schedule(config.optim),
+  )
+
+
+def jepa_loss(params, target_params, batch, fns: StepFunctions):
+  """Loss of one (micro-)batch and its parts. Gradients flow into params only."""
+  encoder = nnx.merge(fns.encoder_def, params["encoder"])
+  predictor = nnx.merge(fns.predictor_def, params["predictor"])
+  target_encoder = nnx.merge(fns.encoder_def, jax.lax.stop_gradient(target_params))
+
+  clips = normalize_clips(batch["clips"], fns.compute_dtype)
+  targets = jax.lax.stop_gradient(layer_norm_no_affine(target_encoder(clips)))
+
+  losses, stds = [], []
+  for i, (context, target) in enumerate(zip(batch["context_masks"], batch["target_masks"])):
+    z = encoder(clips, keep_indices=context)
+    pred = predictor(z, context, target, mask_index=i)
+    h = gather_tokens(targets, target)
+    losses.append(jnp.mean(jnp.abs(pred - h) ** fns.loss_exp) / fns.loss_exp)
+    # Official reg term: std over tokens (unbiased, torch.var default) of the predictions, per sample and feature.
+    stds.append(jnp.sqrt(jnp.var(pred, axis=1, ddof=1) + 1e-4))
+  loss_jepa = sum(losses) / len(losses)
+  loss_reg = jnp.mean(jax.nn.relu(1.0 - sum(stds) / len(stds)))
+  loss = loss_jepa + fns.reg_coeff * loss_reg
+  return loss, {"loss_jepa": loss_jepa, "loss_reg": loss_reg}
+
+
+def _split_micro_batches(batch, num_micro: int):
+  """[B, ...] -> [num_micro, B / num_micro, ...] with micro-batch a = rows a, a + A, a + 2A, ...
+
+  Strided rather than contiguous, so that every micro-batch takes the same share of rows from every device and no
+  data moves between devices.
+  """
+  def split(x):
+    x = x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1)
+    spec = jax.sharding.PartitionSpec(None, _BATCH_AXES, *([None] * (x.ndim - 2)))
+    return jax.lax.with_sharding_constraint(x, spec) if _mesh_is_set() else x
+  return jax.tree.map(split, batch)
+
+
+def _mesh_is_set() -> bool:
+  return not jax.sharding.get_abstract_mesh().empty
+
+
+def loss_and_grads(params, target_params, batch, fns: StepFunctions):
+  """Mean loss and gradients over the whole batch, accumulated over micro-batches when configured."""
+  grad_fn = jax.value_and_grad(jepa_loss, has_aux=True)
+  if fns.grad_accum_steps == 1:
+    return grad_fn(params, target_params, batch, fns)
+
+  micro_batches = _split_micro_batches(batch, fns.grad_accum_steps)
+
+  def accumulate(carry, micro):
+    (loss, aux), grads = grad_fn(params, target_params, micro, fns)
+    return jax.tree.map(jnp.add, carry, ((loss, aux), grads)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, ((jnp.zeros((), jnp.float32),
+                                         {"loss_jepa": jnp.zeros(()), "loss_reg": jnp.zeros(())}), params))
+  total, _ = jax.lax.scan(accumulate, zeros, micro_batches)
+  return jax.tree.map(lambda x: x / fns.grad_accum_steps, total)
+
+
+def train_step(state: dict, batch: dict, fns: StepFunctions) -> tuple[dict, dict]:
+  """One optimizer step. Pure: no host sync; metrics stay on the device until the loop logs them."""
+  step = state["step"]
+  (loss, aux), grads = loss_and_grads(state["params"], state["target_encoder"], batch, fns)
+  norms = optim.grad_norms(grads)
+  updates, opt_state = fns.tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+
+  # EMA of the context encoder into the target, after the update (reference §4.2 step 8).
+  momentum = fns.ema_momentum(step)
+  target = jax.tree.map(lambda t, p: momentum * t + (1.0 - momentum) * p, state["target_encoder"], params["encoder"])
+
+  new_state = {"step": step + 1, "params": params, "target_encoder": target, "opt_state": opt_state}
+  metrics = {
+      "loss": loss,
+      "loss_jepa": aux["loss_jepa"],
+      "loss_reg": aux["loss_reg"],
+      "lr": fns.learning_rate(step),
+      "wd": fns.weight_decay(step),
+      "ema_momentum": momentum,
+      **norms,
+  }
+  return new_state, metrics

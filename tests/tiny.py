@@ -1,0 +1,52 @@
+"""Small configs and batches shared by the training tests: the real code paths at sizes a 2-core CPU runs in seconds."""
+from __future__ import annotations
+
+import numpy as np
+
+from configs import demo
+from input_pipeline import masks as masks_lib
+
+
+def tiny_config(**overrides):
+  """The demo config shrunk further: width 32, 2 blocks, 4 frames of 64x64 (2x4x4 = 32 tokens), batch 8."""
+  config = demo.get_config()
+  config.model.embed_dim = 32
+  config.model.depth = 2
+  config.model.num_heads = 2
+  config.model.num_frames = 4
+  config.model.crop_size = 64
+  config.model.pred_depth = 1
+  config.model.pred_embed_dim = 16
+  config.data.batch_size = 8
+  config.optim.ipe = 2
+  config.optim.epochs = 10
+  config.optim.warmup = 1
+  config.mesh.shape = (-1, 1, 1)
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+def mask_generator(config, per_device_batch: int = 1):
+  specs = masks_lib.mask_specs_from_config(config, per_device_batch)
+  m = config.model
+  return specs, masks_lib.MultiBlockMaskGenerator(
+      specs, crop_size=m.crop_size, num_frames=m.num_frames, patch_size=m.patch_size, tubelet_size=m.tubelet_size)
+
+
+def random_batches(config, num_batches: int, seed: int = 0, per_device_batch: int = 1) -> list[dict]:
+  """Random uint8 clips with masks from the real generator; numpy, on the host."""
+  rng = np.random.default_rng(seed)
+  _, generator = mask_generator(config, per_device_batch)
+  m, b = config.model, config.data.batch_size
+  batches = []
+  for _ in range(num_batches):
+    clips = rng.integers(0, 256, (b, m.num_frames, m.crop_size, m.crop_size, 3), dtype=np.uint8)
+    batch = {"clips": clips, "labels": np.zeros((b,), np.int32)}
+    batch.update(generator(b, rng))
+    batches.append(batch)
+  return batches
