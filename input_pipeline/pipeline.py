@@ -1,0 +1,214 @@
+"""grain assembly of the host input pipeline (DESIGN.md "Data flow"; reference §5).
+
+  MapDataset.source(ClipIndex).shuffle(seed).repeat()      (or WeightedOrder with mixture weights)
+    [process_index::process_count]                          disjoint per-process slices that cover the data
+    .random_map(DecodeClip)                                 PyAV, official frame indices; bad files replaced
+    .random_map(Augment)                                    random resized crop + flip, uint8
+    .batch(local_batch, drop_remainder=True)
+    .random_map(AddMasks(mask_fn))                          int32 token indices per mask generator
+    .to_iter_dataset() .mp_prefetch(num_workers)            decoding and masks in worker processes
+    .map(count_skips)                                       main process: skipped-file counter for the logs
+
+Everything random uses grain's per-element generators, seeded from (seed, process_index, stage), so the stream is
+a function of (seed, position): a restored iterator state yields exactly the same following batches.
+
+A batch is {'clips': uint8 [B, T, H, W, 3], 'labels': int32 [B]} plus what mask_fn returns (e.g. 'context_masks'
+and 'target_masks', tuples of int32 [B, K]).
+"""
+import logging
+from typing import Any, Callable
+
+import grain
+import numpy as np
+
+from input_pipeline import sources
+from input_pipeline import transforms
+from input_pipeline import video
+
+log = logging.getLogger(__name__)
+
+MaskFn = Callable[[int, np.random.Generator], dict]
+
+# Files skipped so far in this process's pipelines (counted in the main process, after the worker processes).
+_SKIPPED = {"files": 0}
+
+
+def skipped_files() -> int:
+  """Number of unusable files skipped (and replaced) by the pipelines of this process so far, for the logs."""
+  return _SKIPPED["files"]
+
+
+class DataPipelineError(RuntimeError):
+  """Too many files fail to decode: the data lists or the storage are broken, so retrying would loop."""
+
+
+def _seed(seed: int, process_index: int, stage: int) -> int:
+  """A 32-bit seed per (run seed, process, stage): processes must not repeat each other's random draws."""
+  return int(np.random.SeedSequence([seed, process_index, stage]).generate_state(1)[0])
+
+
+class DecodeClip(grain.transforms.RandomMap):
+  """Decodes a record's clips; an unusable file is skipped with a warning and replaced by a random other record.
+
+  [official] The replacement is a uniformly random other index (reference §5.3); ours comes from the element's
+  generator, so it is reproducible. The failure share is checked after `min_attempts` decodes in this worker: past
+  `max_failure_fraction`, or after `max_consecutive` failures in a row, it raises DataPipelineError.
+  """
+
+  def __init__(self, index: sources.ClipIndex, sampling: video.ClipSampling, *, max_failure_fraction: float = 0.5,
+               min_attempts: int = 16, max_consecutive: int = 64, threads: int = 1):
+    self.index = index
+    self.sampling = sampling
+    self.max_failure_fraction = max_failure_fraction
+    self.min_attempts = min_attempts
+    self.max_consecutive = max_consecutive
+    self.threads = threads
+    self.attempts = 0
+    self.failures = 0
+
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    consecutive = 0
+    while True:
+      self.attempts += 1
+      try:
+        clips, indices = video.load_clips(record["path"], self.sampling, rng, threads=self.threads)
+        return {"clips": np.stack(clips), "labels": np.int32(record["label"]), "indices": np.stack(indices),
+                "skipped": np.int32(consecutive)}
+      except video.VideoDecodeError as e:
+        self.failures += 1
+        consecutive += 1
+        log.warning("skipping video %s: %s (%d of %d decodes failed so far in this worker)",
+                    e.path, e.reason, self.failures, self.attempts)
+        too_many = (self.attempts >= self.min_attempts
+                    and self.failures > self.max_failure_fraction * self.attempts)
+        if too_many or consecutive >= self.max_consecutive:
+          raise DataPipelineError(
+              f"{self.failures} of {self.attempts} video decodes failed ({consecutive} in a row; limit "
+              f"data.max_failure_fraction={self.max_failure_fraction}); last: {e.path}: {e.reason}. "
+              "Check the file lists and the storage.") from None
+        record = self.index[int(rng.integers(len(self.index)))]
+
+
+class Augment(grain.transforms.RandomMap):
+  """The official pretraining transform on the single clip of an element (reference §5.4)."""
+
+  def __init__(self, crop_size: int, scale, ratio, horizontal_flip: bool):
+    self.crop_size = int(crop_size)
+    self.scale = tuple(scale)
+    self.ratio = tuple(ratio)
+    self.horizontal_flip = bool(horizontal_flip)
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    clip = transforms.pretrain_augment(element["clips"][0], rng, crop_size=self.crop_size, scale=self.scale,
+                                       ratio=self.ratio, horizontal_flip=self.horizontal_flip)
+    return {"clips": clip, "labels": element["labels"], "skipped": element["skipped"]}
+
+
+class AddMasks(grain.transforms.RandomMap):
+  """Merges mask_fn(batch_size, rng)'s int32 index arrays into the batch (input_pipeline/masks.py provides it)."""
+
+  def __init__(self, mask_fn: MaskFn, batch_size: int):
+    self.mask_fn = mask_fn
+    self.batch_size = batch_size
+
+  def random_map(self, batch: dict, rng: np.random.Generator) -> dict:
+    return {**batch, **self.mask_fn(self.batch_size, rng)}
+
+
+class _EvalTransform(grain.transforms.RandomMap):
+  """Applies the eval views to an element's clips (a class, not a lambda: worker processes pickle it)."""
+
+  def __init__(self, transform):
+    self.transform = transform
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    return {**element, "clips": self.transform(element["clips"], rng)}
+
+
+def _count_skips(batch: dict) -> dict:
+  """Runs in the main process: moves the per-sample skip counts out of the batch into the counter."""
+  batch = dict(batch)
+  _SKIPPED["files"] += int(np.sum(batch.pop("skipped")))
+  return batch
+
+
+def _prefetch(ds: grain.IterDataset, num_workers: int, buffer: int) -> grain.IterDataset:
+  if num_workers <= 0:
+    return ds
+  from absl import flags  # grain's mp_prefetch reads an absl flag (DESIGN.md pitfalls)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                      per_worker_buffer_size=max(1, buffer)))
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
+  return global_batch_size // process_count
+
+
+def make_pretrain_dataset(config, *, mask_fn: MaskFn, global_batch_size: int | None = None,
+                          process_index: int = 0, process_count: int = 1, seed: int | None = None,
+                          num_workers: int | None = None) -> grain.IterDataset:
+  """The pretraining stream of this process: endless batches of global_batch_size / process_count clips.
+
+  config: the run config (reads config.data and config.model.crop_size). global_batch_size defaults to
+  config.data.batch_size, seed to config.seed, num_workers to config.data.num_workers.
+  """
+  data = config.data
+  global_batch_size = int(global_batch_size or data.batch_size)
+  seed = int(config.seed if seed is None else seed) % 2**32
+  num_workers = int(data.num_workers if num_workers is None else num_workers)
+  local_batch = _local_batch(global_batch_size, process_count)
+  sampling = video.ClipSampling.from_config(data, allow_clip_overlap=False)
+  if sampling.num_clips != 1:
+    raise ValueError("pretraining takes one clip per video (data.num_clips=1)")
+
+  index = sources.ClipIndex(data.datasets, data.datasets_weights)
+  if index.sample_weights is not None:
+    ds = grain.MapDataset.source(sources.WeightedOrder(index, seed))
+  else:
+    ds = grain.MapDataset.source(index).shuffle(seed=seed).repeat()
+  ds = ds[process_index::process_count]
+  ds = ds.random_map(DecodeClip(index, sampling, max_failure_fraction=float(data.max_failure_fraction)),
+                     seed=_seed(seed, process_index, 1))
+  ds = ds.random_map(Augment(config.model.crop_size, data.random_resize_scale, data.random_resize_aspect_ratio,
+                             data.horizontal_flip), seed=_seed(seed, process_index, 2))
+  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.random_map(AddMasks(mask_fn, local_batch), seed=_seed(seed, process_index, 3))
+  ds = _prefetch(ds.to_iter_dataset(), num_workers, int(data.get("prefetch_buffer", 2)))
+  return ds.map(_count_skips)
+
+
+def make_eval_dataset(config, *, batch_size: int, num_segments: int = 1, training: bool = False,
+                      process_index: int = 0, process_count: int = 1, seed: int | None = None,
+                      shuffle: bool = False, repeat: bool = False, transform: Callable[[np.ndarray, Any], np.ndarray]
+                      | None = None, drop_remainder: bool = False, num_workers: int | None = None,
+                      datasets=None) -> grain.IterDataset:
+  """Labeled multi-clip decoding for the frozen evaluations (reference §6.2): no masks, no pretraining crop.
+
+  Each video gives num_segments clips by the eval rule (allow_clip_overlap=True; random clip ends only when
+  `training`). `transform(clips uint8 [S, T, H, W, 3], rng) -> array` is where the eval views go (a later issue);
+  without one the raw clips are batched, which needs videos of one size. Elements: {'clips': [B, S, ...],
+  'labels': int32 [B], 'indices': int64 [B, S, T]}. With drop_remainder False the last batch may be smaller.
+  """
+  data = config.data
+  seed = int(config.seed if seed is None else seed) % 2**32
+  num_workers = int(data.num_workers if num_workers is None else num_workers)
+  sampling = video.ClipSampling.from_config(data, allow_clip_overlap=True, num_clips=int(num_segments),
+                                            random_clip_sampling=bool(training))
+  index = sources.ClipIndex(datasets if datasets is not None else data.datasets)
+  ds = grain.MapDataset.source(index)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if repeat:
+    ds = ds.repeat()
+  ds = ds[process_index::process_count]
+  ds = ds.random_map(DecodeClip(index, sampling, max_failure_fraction=float(data.max_failure_fraction)),
+                     seed=_seed(seed, process_index, 1))
+  if transform is not None:
+    ds = ds.random_map(_EvalTransform(transform), seed=_seed(seed, process_index, 2))
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  ds = _prefetch(ds.to_iter_dataset(), num_workers, int(data.get("prefetch_buffer", 2)))
+  return ds.map(_count_skips)

@@ -1,0 +1,212 @@
+"""Decoding and the official frame-index rule (reference §5.3)."""
+import fractions
+import os
+
+import av
+import numpy as np
+import pytest
+
+from input_pipeline import video
+
+
+def _encode(path, frames, codec="libx264", fps=25, gop=12, pix_fmt="yuv420p", options=None, rotation=0):
+  container = av.open(path, "w")
+  stream = container.add_stream(codec, rate=fps)
+  stream.height, stream.width = frames.shape[1:3]
+  stream.pix_fmt = pix_fmt
+  stream.codec_context.gop_size = gop
+  stream.options = dict(options or {})
+  if rotation:
+    stream.set_display_rotation(rotation)
+  for f in frames:
+    for p in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+      container.mux(p)
+  for p in stream.encode():
+    container.mux(p)
+  container.close()
+  return path
+
+
+def _frames(n, h=48, w=64, seed=0):
+  """Frames that differ strongly from one another (a bright bar moving one column per frame plus noise)."""
+  rng = np.random.default_rng(seed)
+  base = rng.integers(0, 255, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)[:h, :w]
+  out = np.repeat(base[None], n, 0)
+  for t in range(n):
+    out[t, :, (t * 3) % w] = 255
+    out[t, (t * 2) % h, :] = 0
+  return out
+
+
+def _sequential(path):
+  with av.open(path) as c:
+    return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+# --- the official rule, written independently of the implementation, from reference §5.3 -------------------------
+def _official(num_frames, fpc, fstp, num_clips, allow_overlap, ends):
+  clip_len = fpc * fstp
+  part = num_frames // num_clips
+  out = []
+  for i in range(num_clips):
+    if part > clip_len:
+      end = ends[i]
+      start = end - clip_len
+      idx = np.clip(np.linspace(start, end, num=fpc), start, end - 1).astype(np.int64) + i * part
+    elif not allow_overlap:
+      idx = np.linspace(0, part, num=part // fstp)
+      idx = np.concatenate((idx, np.ones(fpc - part // fstp) * part))
+      idx = np.clip(idx, 0, part - 1).astype(np.int64) + i * part
+    else:
+      sl = min(clip_len, num_frames) - 1
+      idx = np.linspace(0, sl, num=sl // fstp)
+      idx = np.concatenate((idx, np.ones(fpc - sl // fstp) * sl))
+      idx = np.clip(idx, 0, sl - 1).astype(np.int64)
+      step = (num_frames - clip_len) // (num_clips - 1) if num_frames > clip_len else 0
+      idx = idx + i * step
+    out.append(idx)
+  return out
+
+
+def test_index_rule_example_from_the_reference():
+  s = video.ClipSampling(random_clip_sampling=False)
+  (idx,) = video.clip_indices(300, s, np.random.default_rng(0))
+  np.testing.assert_array_equal(idx, [0, 4, 8, 12, 17, 21, 25, 29, 34, 38, 42, 46, 51, 55, 59, 63])
+
+
+@pytest.mark.parametrize("allow_overlap", [False, True])
+@pytest.mark.parametrize("num_clips", [1, 2, 3])
+@pytest.mark.parametrize("fstp", [1, 2, 4])
+def test_index_rule_matches_the_official_rule(allow_overlap, num_clips, fstp):
+  fpc = 16
+  for num_frames in [5, 17, 40, 63, 64, 65, 100, 129, 200, 301, 1000]:
+    if num_frames // num_clips == 0:
+      continue
+    s = video.ClipSampling(frames_per_clip=fpc, frame_step=fstp, num_clips=num_clips,
+                           allow_clip_overlap=allow_overlap)
+    rng = np.random.default_rng(num_frames)
+    got = video.clip_indices(num_frames, s, rng)
+    # Replay the same random ends: one rng.integers(clip_len, partition_len) per clip, only when partition > clip.
+    rng = np.random.default_rng(num_frames)
+    part, clip_len = num_frames // num_clips, fpc * fstp
+    ends = [int(rng.integers(clip_len, part)) if part > clip_len else None for _ in range(num_clips)]
+    want = _official(num_frames, fpc, fstp, num_clips, allow_overlap, ends)
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(g, w, err_msg=f"{num_frames=}")
+      assert g.shape == (fpc,) and g.min() >= 0 and g.max() < num_frames
+
+
+def test_eval_rule_quirk_short_video_segments_repeat_and_last_frame_is_excluded():
+  s = video.ClipSampling(num_clips=3, allow_clip_overlap=True)
+  clips = video.clip_indices(40, s, np.random.default_rng(0))
+  for c in clips[1:]:
+    np.testing.assert_array_equal(c, clips[0])  # [quirk] identical segments
+  assert clips[0].max() == 38  # clipped to sample_len - 1 = 38, frame 39 never used
+
+
+def test_random_clip_end_covers_the_official_range_and_is_reproducible():
+  s = video.ClipSampling()
+  starts = {int(video.clip_indices(100, s, np.random.default_rng(k))[0][0]) for k in range(400)}
+  assert starts == set(range(0, 100 - 1 - 64 + 1))  # end ~ randint(64, 100) -> start in [0, 35]
+  a = video.clip_indices(1000, s, np.random.default_rng(7))[0]
+  b = video.clip_indices(1000, s, np.random.default_rng(7))[0]
+  np.testing.assert_array_equal(a, b)
+
+
+def test_filter_short_videos_and_frame_step_rules():
+  with pytest.raises(ValueError, match="too short"):
+    video.clip_indices(63, video.ClipSampling(filter_short_videos=True), np.random.default_rng(0))
+  # clip_duration: fstp = int(duration * fps / fpc) = int(3 * 30 / 16) = 5.
+  assert video.effective_frame_step(video.ClipSampling(clip_duration=3.0), 30.0) == 5
+  # V-JEPA 2: ceil(29.97) // 4 = 7.
+  assert video.effective_frame_step(video.ClipSampling(fps=4.0), 29.97) == 7
+  assert video.effective_frame_step(video.ClipSampling(), 29.97) == 4
+
+
+@pytest.mark.parametrize("codec,ext,options", [
+    ("libx264", "mp4", {"bf": "2", "keyint": "12", "min-keyint": "12", "scenecut": "0"}),
+    ("libvpx-vp9", "webm", {"g": "12"}),
+    ("mpeg4", "avi", {}),
+])
+def test_seeking_decodes_the_same_frames_as_sequential_decoding(tmp_path, codec, ext, options):
+  path = _encode(str(tmp_path / f"v.{ext}"), _frames(90), codec=codec, options=options)
+  full = _sequential(path)
+  assert len(full) == 90
+  assert video.video_info(path)[0] == 90
+  idx = [70, 3, 3, 13, 89, 0, 25, 26, 48, 60]  # out of order, repeated, across several keyframes
+  np.testing.assert_array_equal(video.decode_frames(path, idx), full[idx])
+  s = video.ClipSampling(frame_step=2, num_clips=2)
+  clips, indices = video.load_clips(path, s, np.random.default_rng(3))
+  for c, i in zip(clips, indices):
+    assert c.dtype == np.uint8 and c.shape == (16, 48, 64, 3)
+    np.testing.assert_array_equal(c, full[i])
+
+
+def test_odd_size_other_pixel_format_and_rotation(tmp_path):
+  frames = _frames(20, h=37, w=51)
+  path = _encode(str(tmp_path / "odd.mp4"), frames, pix_fmt="yuv444p",
+                 options={"bf": "0"}, rotation=90)
+  got = video.decode_frames(path, [0, 19])
+  assert got.shape == (2, 51, 37, 3)  # rotated by the display matrix
+  ref = np.rot90(_sequential(path)[[0, 19]], k=1, axes=(1, 2))
+  np.testing.assert_array_equal(got, ref)
+
+
+def test_variable_frame_rate_uses_presentation_order(tmp_path):
+  path = str(tmp_path / "vfr.mp4")
+  frames = _frames(30)
+  container = av.open(path, "w")
+  stream = container.add_stream("libx264", rate=1000)
+  stream.height, stream.width = frames.shape[1:3]
+  stream.pix_fmt = "yuv420p"
+  stream.codec_context.time_base = fractions.Fraction(1, 1000)
+  t = 0
+  for i, f in enumerate(frames):
+    vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+    vf.pts = t
+    vf.time_base = stream.codec_context.time_base
+    t += 20 if i % 3 else 70  # irregular gaps
+    for p in stream.encode(vf):
+      container.mux(p)
+  for p in stream.encode():
+    container.mux(p)
+  container.close()
+  full = _sequential(path)
+  np.testing.assert_array_equal(video.decode_frames(path, [0, 7, 29, 15]), full[[0, 7, 29, 15]])
+
+
+def _bad_files(tmp_path):
+  good = _encode(str(tmp_path / "good.mp4"), _frames(40), options={"keyint": "10"})
+  data = open(good, "rb").read()
+  out = {"missing": str(tmp_path / "nope.mp4")}
+  out["empty"] = str(tmp_path / "empty.mp4")
+  open(out["empty"], "wb").close()
+  out["truncated"] = str(tmp_path / "truncated.mp4")
+  open(out["truncated"], "wb").write(data[: len(data) // 2])
+  out["corrupt"] = str(tmp_path / "corrupt.mp4")
+  open(out["corrupt"], "wb").write(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes())
+  out["audio_only"] = str(tmp_path / "audio.m4a")
+  c = av.open(out["audio_only"], "w")
+  a = c.add_stream("aac", rate=16000)
+  for i in range(40):
+    fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+    fr.sample_rate, fr.pts = 16000, i * 1024
+    for p in a.encode(fr):
+      c.mux(p)
+  for p in a.encode():
+    c.mux(p)
+  c.close()
+  return good, out
+
+
+def test_every_kind_of_bad_file_raises_video_decode_error(tmp_path):
+  good, bad = _bad_files(tmp_path)
+  s = video.ClipSampling(frame_step=2)
+  assert video.load_clips(good, s, np.random.default_rng(0))[0][0].shape == (16, 48, 64, 3)
+  for kind, path in bad.items():
+    with pytest.raises(video.VideoDecodeError) as e:
+      video.load_clips(path, s, np.random.default_rng(0))
+    assert e.value.path == path and e.value.reason, kind
+  with pytest.raises(video.VideoDecodeError, match="too short"):
+    video.load_clips(good, video.ClipSampling(filter_short_videos=True), np.random.default_rng(0))
+  assert os.path.getsize(bad["audio_only"]) >= video.MIN_FILE_BYTES
