@@ -72,7 +72,7 @@ def get_3d_sincos_pos_embed(embed_dim: int, grid_depth: int, grid_size: int, uni
   if uniform_power:
     d_t = d_h = d_w = int(math.ceil(embed_dim / 6) * 2)
   else:
-    d_t, d_h, d_w = embed_dim // 2, embed_dim // 4, embed_dim // 4
+    d_t, d_h, d_w = embed_dim // 2, int(math.ceil(embed_dim / 4)), int(math.ceil(embed_dim / 4))
   t, h, w = np.meshgrid(np.arange(grid_depth), np.arange(grid_size), np.arange(grid_size), indexing="ij")
   table = np.concatenate([_sincos_1d(d_t, t), _sincos_1d(d_h, h), _sincos_1d(d_w, w)], axis=1)
   return table[:, :embed_dim].astype(np.float32)
