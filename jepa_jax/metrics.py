@@ -1,0 +1,142 @@
+"""Training logs: the official CSV columns (reference §4.5) plus ours, TensorBoard events, and MFU.
+
+TensorBoard events are written with tensorboard's own EventFileWriter and protos, so no TensorFlow is needed.
+Only the primary process (JAX process 0) writes; the others get a writer whose calls do nothing, so the loop
+needs no `if` around logging.
+"""
+import csv
+import os
+import time
+from typing import Mapping, Optional
+
+from absl import logging
+import jax
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+# (our metric name, CSV column). The first nine are the official CSVLogger columns, in its order (§4.5).
+COLUMNS = (
+    ("epoch", "epoch"),
+    ("itr", "itr"),
+    ("loss", "loss"),
+    ("loss_jepa", "loss-jepa"),
+    ("reg_loss", "reg-loss"),
+    ("enc_grad_norm", "enc-grad-norm"),
+    ("pred_grad_norm", "pred-grad-norm"),
+    ("gpu_time_ms", "gpu-time(ms)"),
+    ("wall_time_ms", "wall-time(ms)"),
+    ("lr", "lr"),
+    ("wd", "wd"),
+    ("ema_momentum", "ema-momentum"),
+    ("clips_per_s", "clips/s"),
+    ("tokens_per_s_per_device", "tokens/s-per-device"),
+    ("mfu", "mfu"),
+    ("skipped_videos", "skipped-videos"),
+)
+HEADER = [column for _, column in COLUMNS]
+_BY_COLUMN = {column: name for name, column in COLUMNS}
+
+# Peak dense bf16 FLOP/s per chip, matched by substring of jax's device_kind in this order (v5 lite before v5).
+PEAK_BF16_FLOPS = (
+    (("v6 lite", "v6e"), 918e12),
+    (("v5 lite", "v5e", "v5litepod"), 197e12),
+    (("v5p", "v5"), 459e12),
+    (("v4",), 275e12),
+    (("h200",), 989e12),
+    (("h100",), 989e12),  # SXM, dense (no sparsity)
+    (("a100",), 312e12),
+)
+
+
+def peak_flops(device_kind: str) -> Optional[float]:
+  """Peak bf16 FLOP/s of one device of this kind, or None when unknown (CPUs): MFU is then shown as n/a."""
+  kind = device_kind.lower()
+  for patterns, flops in PEAK_BF16_FLOPS:
+    if any(p in kind for p in patterns):
+      return flops
+  return None
+
+
+def mfu(flops_per_step: float, step_time_s: float, num_devices: int, device_kind: str) -> Optional[float]:
+  """Model FLOPs utilisation: achieved FLOP/s over the devices' combined peak; None where the peak is unknown."""
+  peak = peak_flops(device_kind)
+  if peak is None or step_time_s <= 0:
+    return None
+  return flops_per_step / (step_time_s * num_devices * peak)
+
+
+def format_mfu(value: Optional[float]) -> str:
+  return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _format(name, value) -> str:
+  if value is None:
+    return "n/a"
+  if name in ("epoch", "itr", "skipped_videos"):
+    return str(int(value))
+  if name in ("loss", "loss_jepa", "reg_loss", "enc_grad_norm", "pred_grad_norm"):
+    return f"{float(value):.5f}"  # the official CSVLogger format
+  return f"{float(value):.6g}"
+
+
+class MetricsWriter:
+  """One CSV row and one set of TensorBoard scalars per logged step.
+
+  `step` passed to write() is the 0-based iteration index of the logged step (the train state's step before the
+  update), so the official columns follow: epoch = step // ipe + 1 (1-based), itr = step % ipe.
+  A resumed run appends to the same CSV (no second header) and to a new event file in the same folder.
+  """
+
+  def __init__(self, workdir, *, is_primary: Optional[bool] = None, write_tag: str = "jepa", ipe: int = 300):
+    self.is_primary = jax.process_index() == 0 if is_primary is None else is_primary
+    self.ipe = int(ipe)
+    self.csv_path = os.path.join(os.fspath(workdir), f"{write_tag}_r0.csv")
+    self.tb_dir = os.path.join(os.fspath(workdir), "tensorboard")
+    self._file = self._csv = self._events = None
+    if not self.is_primary:
+      return
+    os.makedirs(self.tb_dir, exist_ok=True)
+    resuming = os.path.exists(self.csv_path) and os.path.getsize(self.csv_path) > 0
+    if resuming:
+      with open(self.csv_path, newline="") as f:
+        existing = next(csv.reader(f), [])
+      if existing != HEADER:
+        logging.warning("%s has columns %s; appending rows with %s", self.csv_path, existing, HEADER)
+    self._file = open(self.csv_path, "a", newline="")
+    self._csv = csv.writer(self._file)
+    if not resuming:
+      self._csv.writerow(HEADER)
+      self._file.flush()
+    self._events = EventFileWriter(self.tb_dir, flush_secs=30)
+
+  def write(self, step: int, metrics: Mapping[str, Optional[float]]):
+    """Logs host scalars (names as in COLUMNS, either spelling; other names go to TensorBoard only)."""
+    if not self.is_primary:
+      return
+    step = int(step)
+    values = {_BY_COLUMN.get(k, k): v for k, v in metrics.items()}
+    values.setdefault("epoch", step // self.ipe + 1)
+    values.setdefault("itr", step % self.ipe)
+    self._csv.writerow([_format(name, values[name]) if name in values else "" for name, _ in COLUMNS])
+    self._file.flush()
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=f"train/{name}", simple_value=float(v))
+        for name, v in values.items() if v is not None and name not in ("epoch", "itr")])
+    self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+  def flush(self):
+    if self.is_primary:
+      self._file.flush()
+      self._events.flush()
+
+  def close(self):
+    if self.is_primary and self._file is not None:
+      self._file.close()
+      self._events.close()
+      self._file = self._events = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
