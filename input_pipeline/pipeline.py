@@ -132,20 +132,37 @@ def _count_skips(batch: dict) -> dict:
   return batch
 
 
-def _prefetch(ds: grain.IterDataset, num_workers: int, buffer: int) -> grain.IterDataset:
+def _to_iter(ds: grain.MapDataset, num_workers: int, buffer: int) -> grain.IterDataset:
+  """Threads and buffer sized for video batches: grain's defaults (16 threads, 500 elements) would hold
+  hundreds of decoded batches in memory. Worker processes each read with one thread."""
+  buffer = max(1, buffer)
+  read = grain.ReadOptions(num_threads=1 if num_workers > 0 else 2, prefetch_buffer_size=buffer)
+  ds = ds.to_iter_dataset(read)
   if num_workers <= 0:
     return ds
   from absl import flags  # grain's mp_prefetch reads an absl flag (DESIGN.md pitfalls)
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                      per_worker_buffer_size=max(1, buffer)))
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=buffer))
 
 
 def _local_batch(global_batch_size: int, process_count: int) -> int:
   if global_batch_size % process_count:
     raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
   return global_batch_size // process_count
+
+
+def sharded_records(index: sources.ClipIndex, *, seed: int, process_index: int = 0,
+                    process_count: int = 1) -> grain.MapDataset:
+  """This process's endless stream of records: one global order per epoch, positions p::process_count.
+
+  Uniform: a fresh permutation per epoch (the official DistributedSampler). Weighted: WeightedOrder.
+  """
+  if index.sample_weights is not None:
+    ds = grain.MapDataset.source(sources.WeightedOrder(index, seed))
+  else:
+    ds = grain.MapDataset.source(index).shuffle(seed=seed).repeat()
+  return ds[process_index::process_count]
 
 
 def make_pretrain_dataset(config, *, mask_fn: MaskFn, global_batch_size: int | None = None,
@@ -166,18 +183,14 @@ def make_pretrain_dataset(config, *, mask_fn: MaskFn, global_batch_size: int | N
     raise ValueError("pretraining takes one clip per video (data.num_clips=1)")
 
   index = sources.ClipIndex(data.datasets, data.datasets_weights)
-  if index.sample_weights is not None:
-    ds = grain.MapDataset.source(sources.WeightedOrder(index, seed))
-  else:
-    ds = grain.MapDataset.source(index).shuffle(seed=seed).repeat()
-  ds = ds[process_index::process_count]
+  ds = sharded_records(index, seed=seed, process_index=process_index, process_count=process_count)
   ds = ds.random_map(DecodeClip(index, sampling, max_failure_fraction=float(data.max_failure_fraction)),
                      seed=_seed(seed, process_index, 1))
   ds = ds.random_map(Augment(config.model.crop_size, data.random_resize_scale, data.random_resize_aspect_ratio,
                              data.horizontal_flip), seed=_seed(seed, process_index, 2))
   ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.random_map(AddMasks(mask_fn, local_batch), seed=_seed(seed, process_index, 3))
-  ds = _prefetch(ds.to_iter_dataset(), num_workers, int(data.get("prefetch_buffer", 2)))
+  ds = _to_iter(ds, num_workers, int(data.get("prefetch_buffer", 2)))
   return ds.map(_count_skips)
 
 
@@ -210,5 +223,5 @@ def make_eval_dataset(config, *, batch_size: int, num_segments: int = 1, trainin
   if transform is not None:
     ds = ds.random_map(_EvalTransform(transform), seed=_seed(seed, process_index, 2))
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-  ds = _prefetch(ds.to_iter_dataset(), num_workers, int(data.get("prefetch_buffer", 2)))
+  ds = _to_iter(ds, num_workers, int(data.get("prefetch_buffer", 2)))
   return ds.map(_count_skips)
