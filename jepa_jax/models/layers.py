@@ -84,9 +84,13 @@ def _linear_weights(n_in: int, n_out: int, scale: float) -> np.ndarray:
   When F.interpolate gets scale_factor (as the official interpolate_pos_encoding passes), the source coordinate is
   (dst + 0.5) / scale_factor - 0.5, clamped below at 0, and the right neighbour is clamped at the edge.
   """
-  src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) / scale - 0.5, 0.0)
-  i0 = np.floor(src).astype(np.int64)
-  lam = src - i0
+  # PyTorch's CPU kernel does this index arithmetic in float32 (1/scale rounded once); so do we, to match it to
+  # float32 rounding instead of ~3e-6 at non-dyadic scales such as 24/14.
+  f32 = np.float32
+  src = f32(1.0 / scale) * (np.arange(n_out, dtype=f32) + f32(0.5)) - f32(0.5)
+  src = np.maximum(src, f32(0.0))
+  i0 = src.astype(np.int64)
+  lam = (src - i0.astype(f32)).astype(np.float64)
   i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
   mat = np.zeros((n_out, n_in), np.float64)
   np.add.at(mat, (np.arange(n_out), i0), 1.0 - lam)
