@@ -130,6 +130,8 @@ class Checkpointer:
     """
     return bool(self._manager.reached_preemption(step)) or self._sigterm.is_set()
 
+  should_stop = reached_preemption  # the loop's name for it
+
   # --- lifetime -----------------------------------------------------------------------------------------------
   def wait(self):
     """Blocks until the async save in flight (if any) is on disk."""

@@ -35,6 +35,7 @@ COLUMNS = (
 )
 HEADER = [column for _, column in COLUMNS]
 _BY_COLUMN = {column: name for name, column in COLUMNS}
+_BY_COLUMN["loss_reg"] = "reg_loss"  # train_step's spelling
 
 # Peak dense bf16 FLOP/s per chip, matched by substring of jax's device_kind in this order (v5 lite before v5).
 PEAK_BF16_FLOPS = (
@@ -82,8 +83,9 @@ def _format(name, value) -> str:
 class MetricsWriter:
   """One CSV row and one set of TensorBoard scalars per logged step.
 
-  `step` passed to write() is the 0-based iteration index of the logged step (the train state's step before the
-  update), so the official columns follow: epoch = step // ipe + 1 (1-based), itr = step % ipe.
+  `step` passed to write() is the number of optimizer steps done, counting the logged one (the train state's
+  'step' after the update, >= 1; also the TensorBoard x-axis). The logged update is the official 0-based
+  iteration i = step - 1, so the official columns are epoch = i // ipe + 1 (1-based) and itr = i % ipe.
   A resumed run appends to the same CSV (no second header) and to a new event file in the same folder.
   """
 
@@ -109,14 +111,15 @@ class MetricsWriter:
       self._file.flush()
     self._events = EventFileWriter(self.tb_dir, flush_secs=30)
 
-  def write(self, step: int, metrics: Mapping[str, Optional[float]]):
+  def write(self, step: int, metrics: Mapping[str, Optional[float]], *, ipe: Optional[int] = None):
     """Logs host scalars (names as in COLUMNS, either spelling; other names go to TensorBoard only)."""
     if not self.is_primary:
       return
-    step = int(step)
+    step, ipe = int(step), int(ipe or self.ipe)
+    iteration = max(step - 1, 0)
     values = {_BY_COLUMN.get(k, k): v for k, v in metrics.items()}
-    values.setdefault("epoch", step // self.ipe + 1)
-    values.setdefault("itr", step % self.ipe)
+    values.setdefault("epoch", iteration // ipe + 1)
+    values.setdefault("itr", iteration % ipe)
     self._csv.writerow([_format(name, values[name]) if name in values else "" for name, _ in COLUMNS])
     self._file.flush()
     summary = summary_pb2.Summary(value=[

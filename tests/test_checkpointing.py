@@ -155,7 +155,7 @@ def test_sigterm_sets_the_preemption_flag(tmp_path):
   try:
     assert not ckpt.reached_preemption(1)
     os.kill(os.getpid(), signal.SIGTERM)
-    assert ckpt.reached_preemption(2)
+    assert ckpt.reached_preemption(2) and ckpt.should_stop(2)
   finally:
     ckpt.close()
   assert signal.getsignal(signal.SIGTERM) is not None

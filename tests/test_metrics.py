@@ -18,19 +18,21 @@ def read_rows(path):
 
 def test_csv_has_official_columns_first_and_appends_on_resume(tmp_path):
   with metrics.MetricsWriter(tmp_path, is_primary=True, ipe=300) as w:
-    w.write(0, {"loss": 0.5, "loss_jepa": 0.5, "reg_loss": 0.1, "enc_grad_norm": 0.0, "lr": 2.00035e-4,
+    w.write(1, {"loss": 0.5, "loss_jepa": 0.5, "loss_reg": 0.1, "enc_grad_norm": 0.0, "lr": 2.00035e-4,
                 "mfu": None})
-    w.write(299, {"loss": 0.4})
+    w.write(300, {"loss": 0.4})
   with metrics.MetricsWriter(tmp_path, is_primary=True, ipe=300) as w:  # resumed run
-    w.write(300, {"loss": 0.3, "clips/s": 12.5})
+    w.write(301, {"loss": 0.3, "clips/s": 12.5}, ipe=300)
   rows = read_rows(os.path.join(tmp_path, "jepa_r0.csv"))
   assert rows[0][:9] == OFFICIAL
   assert rows[0][9:] == ["lr", "wd", "ema-momentum", "clips/s", "tokens/s-per-device", "mfu", "skipped-videos"]
   assert len(rows) == 4 and sum(r == rows[0] for r in rows) == 1  # one header
   first = dict(zip(rows[0], rows[1]))
   assert (first["epoch"], first["itr"], first["loss"], first["mfu"]) == ("1", "0", "0.50000", "n/a")
+  assert first["reg-loss"] == "0.10000"
   assert float(first["lr"]) == pytest.approx(2.00035e-4)
-  assert rows[2][:2] == ["1", "299"] and rows[3][:2] == ["2", "0"]  # epoch is 1-based, itr within the epoch
+  # step = updates done; the 300th update is the official epoch 1 (1-based), itr 299; the 301st opens epoch 2.
+  assert rows[2][:2] == ["1", "299"] and rows[3][:2] == ["2", "0"]
   assert dict(zip(rows[0], rows[3]))["clips/s"] == "12.5"
 
 
@@ -65,3 +67,94 @@ def test_mfu():
   assert metrics.mfu(1.978e15, 1.0, 4, "NVIDIA H100 80GB HBM3") == pytest.approx(0.5)
   assert metrics.mfu(1e12, 1.0, 1, "cpu") is None
   assert metrics.format_mfu(None) == "n/a" and metrics.format_mfu(0.4321) == "43.2%"
+
+
+# --- analytic FLOPs (jepa_jax/flops.py) against XLA's own count -------------------------------------------------
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jepa_jax import flops  # noqa: E402
+
+
+def _block(x, p, heads):
+  b, n, d = x.shape
+  ln = lambda v: (v - v.mean(-1, keepdims=True)) * jax.lax.rsqrt(v.var(-1, keepdims=True) + 1e-6)
+  qkv = (ln(x) @ p["qkv"]).reshape(b, n, 3, heads, d // heads)
+  q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  att = jax.nn.softmax(jnp.einsum("bqhc,bkhc->bhqk", q, k) / (d // heads) ** 0.5, axis=-1)
+  x = x + jnp.einsum("bhqk,bkhc->bqhc", att, v).reshape(b, n, d) @ p["proj"]
+  return x + jax.nn.gelu(ln(x) @ p["fc1"], approximate=False) @ p["fc2"]
+
+
+def _block_params(key, d, hidden, depth):
+  ks = jax.random.split(key, 4 * depth)
+  return [{"qkv": jax.random.normal(ks[4 * i], (d, 3 * d)), "proj": jax.random.normal(ks[4 * i + 1], (d, d)),
+           "fc1": jax.random.normal(ks[4 * i + 2], (d, hidden)), "fc2": jax.random.normal(ks[4 * i + 3], (hidden, d))}
+          for i in range(depth)]
+
+
+def _xla_flops(fn, *args):
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()  # unsharded inputs: one device
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"])
+
+
+D, HIDDEN, DEPTH, HEADS, TOKENS, PATCH_DIM, BATCH = 256, 1024, 2, 4, 128, 384, 2
+
+
+def test_encoder_forward_flops_match_xla():
+  params = {"embed": jax.random.normal(jax.random.key(0), (PATCH_DIM, D)),
+            "blocks": _block_params(jax.random.key(1), D, HIDDEN, DEPTH)}
+  patches = jnp.ones((BATCH, TOKENS, PATCH_DIM))
+
+  def forward(params, patches):  # unrolled python loop over blocks, float32
+    x = patches @ params["embed"]
+    for p in params["blocks"]:
+      x = _block(x, p, HEADS)
+    return x
+
+  xla = _xla_flops(forward, params, patches)
+  ours = flops.train_step_flops(
+      embed_dim=D, depth=DEPTH, mlp_hidden=HIDDEN, num_tokens=TOKENS, pred_embed_dim=D, pred_depth=1,
+      pred_mlp_hidden=HIDDEN, num_context=(), num_target=(), batch=BATCH, patch_dim=PATCH_DIM)["target_fwd"]
+  print(f"encoder forward: analytic {ours:.4g}, XLA {xla:.4g}")
+  assert ours == pytest.approx(xla, rel=0.05)
+
+
+def test_predictor_forward_and_backward_flops_match_xla():
+  pd, n_ctx, n_tgt = 256, 48, 80  # wide enough that matmuls dominate erf-GELU and softmax
+  params = {"embed": jax.random.normal(jax.random.key(0), (D, pd)),
+            "blocks": _block_params(jax.random.key(1), pd, 4 * pd, DEPTH),
+            "proj": jax.random.normal(jax.random.key(2), (pd, D))}
+  context = jnp.ones((BATCH, n_ctx, D))
+  targets = jnp.ones((BATCH, n_tgt, pd))
+
+  def forward(params, context):
+    x = jnp.concatenate([context @ params["embed"], targets], axis=1)
+    for p in params["blocks"]:
+      x = _block(x, p, HEADS)
+    return x[:, n_ctx:] @ params["proj"]
+
+  fwd = flops.predictor_forward_flops(embed_dim=D, pred_embed_dim=pd, pred_depth=DEPTH, pred_mlp_hidden=4 * pd,
+                                      num_context=n_ctx, num_target=n_tgt) * BATCH
+  assert fwd == pytest.approx(_xla_flops(forward, params, context), rel=0.05)
+  # Forward + backward (grads for params and the context input, as in training) is 3x the forward.
+  grad = jax.grad(lambda params, context: forward(params, context).sum(), argnums=(0, 1))
+  xla_fwd_bwd = _xla_flops(grad, params, context)
+  print(f"predictor fwd+bwd: analytic {3 * fwd:.4g}, XLA {xla_fwd_bwd:.4g}")
+  assert 3 * fwd == pytest.approx(xla_fwd_bwd, rel=0.08)
+
+
+def test_official_models_flops_per_step():
+  """Printed for the record (24 clips, one GPU's batch); checks only the split adds up and H > L."""
+  out = {}
+  for name, model in (("vitl16", "vit_large"), ("vith16", "vit_huge")):
+    d, depth, hidden = flops.MODEL_DIMS[model]
+    out[name] = flops.train_step_flops(
+        embed_dim=d, depth=depth, mlp_hidden=hidden, num_tokens=1568, pred_embed_dim=384, pred_depth=12,
+        pred_mlp_hidden=1536, num_context=(371, 109), num_target=(745, 1100), batch=24, patch_dim=3 * 2 * 16 * 16)
+    print(name, {k: f"{v:.4g}" for k, v in out[name].items()})
+    parts = out[name]["target_fwd"] + out[name]["context_fwd_bwd"] + out[name]["predictor_fwd_bwd"]
+    assert out[name]["total"] == pytest.approx(parts)
+  assert out["vith16"]["total"] > out["vitl16"]["total"]

@@ -1,0 +1,72 @@
+"""Analytic FLOPs of one pretraining step, for MFU.
+
+Counts the matmuls only (2 FLOPs per multiply-add); LayerNorm, softmax, GELU and the loss are O(tokens x dim) and
+below 1% at ViT-L scale. Forward+backward is 3x forward (the backward computes input and weight gradients).
+The official forward embeds all N patches and gathers the context tokens afterwards (reference §2.2), so the
+context encoder's patch embedding runs on all tokens; its backward needs only the weight gradient (the input is
+pixels), so it counts 2x, not 3x.
+"""
+from typing import Sequence
+
+# (embed_dim, depth, mlp_hidden) of the official model zoo (reference §2.1).
+MODEL_DIMS = {
+    "vit_tiny": (192, 12, 768),
+    "vit_small": (384, 12, 1536),
+    "vit_base": (768, 12, 3072),
+    "vit_large": (1024, 24, 4096),
+    "vit_huge": (1280, 32, 5120),
+    "vit_giant": (1408, 40, 6144),
+    "vit_gigantic": (1664, 48, 6656),  # [quirk §2.1] the mpl_ratio typo leaves mlp_ratio 4
+}
+
+
+def block_flops(num_tokens: int, dim: int, mlp_hidden: int) -> int:
+  """One pre-norm transformer block on one sequence: qkv, scores, weighted values, proj, fc1, fc2."""
+  n, d = num_tokens, dim
+  qkv = 2 * n * d * 3 * d
+  attention = 2 * n * n * d + 2 * n * n * d  # q k^T and softmax(.) v, summed over heads
+  proj = 2 * n * d * d
+  mlp = 2 * n * d * mlp_hidden * 2
+  return qkv + attention + proj + mlp
+
+
+def encoder_blocks_flops(num_tokens, embed_dim, depth, mlp_hidden) -> int:
+  return depth * block_flops(num_tokens, embed_dim, mlp_hidden)
+
+
+def predictor_forward_flops(*, embed_dim, pred_embed_dim, pred_depth, pred_mlp_hidden, num_context,
+                            num_target) -> int:
+  """predictor_embed on the context tokens, blocks on context + targets, predictor_proj on the targets (§2.3)."""
+  embed = 2 * num_context * embed_dim * pred_embed_dim
+  blocks = pred_depth * block_flops(num_context + num_target, pred_embed_dim, pred_mlp_hidden)
+  proj = 2 * num_target * pred_embed_dim * embed_dim
+  return embed + blocks + proj
+
+
+def train_step_flops(*, embed_dim: int, depth: int, mlp_hidden: int, num_tokens: int, pred_embed_dim: int,
+                     pred_depth: int, pred_mlp_hidden: int, num_context: Sequence[int], num_target: Sequence[int],
+                     batch: int, patch_dim: int) -> dict:
+  """FLOPs of one optimizer step over `batch` clips (global batch: divide by devices for per-device figures)."""
+  patch_embed = 2 * num_tokens * patch_dim * embed_dim
+  target_fwd = batch * (patch_embed + encoder_blocks_flops(num_tokens, embed_dim, depth, mlp_hidden))
+  context, predictor = 0, 0
+  for n_ctx, n_tgt in zip(num_context, num_target, strict=True):
+    context += 2 * patch_embed + 3 * encoder_blocks_flops(n_ctx, embed_dim, depth, mlp_hidden)
+    predictor += 3 * predictor_forward_flops(
+        embed_dim=embed_dim, pred_embed_dim=pred_embed_dim, pred_depth=pred_depth,
+        pred_mlp_hidden=pred_mlp_hidden, num_context=n_ctx, num_target=n_tgt)
+  out = {"target_fwd": target_fwd, "context_fwd_bwd": batch * context, "predictor_fwd_bwd": batch * predictor}
+  out["total"] = sum(out.values())
+  return {k: float(v) for k, v in out.items()}
+
+
+def train_step_flops_from_config(config, specs) -> dict:
+  """train_step_flops for config.model and the mask generator specs (num_context, num_target), global batch."""
+  model = config.model
+  embed_dim, depth, mlp_hidden = MODEL_DIMS[model.name]
+  num_tokens = (model.num_frames // model.tubelet_size) * (model.crop_size // model.patch_size) ** 2
+  return train_step_flops(
+      embed_dim=embed_dim, depth=depth, mlp_hidden=mlp_hidden, num_tokens=num_tokens,
+      pred_embed_dim=model.pred_embed_dim, pred_depth=model.pred_depth, pred_mlp_hidden=4 * model.pred_embed_dim,
+      num_context=tuple(s.num_context for s in specs), num_target=tuple(s.num_target for s in specs),
+      batch=config.data.batch_size, patch_dim=3 * model.tubelet_size * model.patch_size ** 2)
