@@ -10,6 +10,7 @@ Saves are asynchronous: save() returns once device arrays are copied to host, an
 steps. Orbax writes into a temporary directory and renames it when complete (or marks commit_success on object
 stores), so a save killed midway leaves the previous step as the latest; stale temporaries are removed at start.
 """
+import json
 import signal
 import threading
 from typing import Any, Mapping, Optional
@@ -38,11 +39,10 @@ def _resolve_dir(workdir_or_ckpt_dir) -> epath.Path:
 
 
 def _config_to_json(config) -> Mapping[str, Any]:
-  if config is None or isinstance(config, Mapping) and not hasattr(config, "to_dict"):
-    return config
-  # ml_collections: tuples become lists in JSON, which is what a reader of the file expects.
-  import json
-  return json.loads(config.to_json_best_effort())
+  """An ml_collections ConfigDict as plain JSON data (tuples become lists); plain dicts pass through."""
+  if hasattr(config, "to_json_best_effort"):
+    return json.loads(config.to_json_best_effort())
+  return config
 
 
 class Checkpointer:
