@@ -1,0 +1,505 @@
+"""Benchmark of the real V-JEPA train step: compile time, step time, throughput, FLOPs, MFU, memory; optionally
+the same step in PyTorch eager (tests/torch_reference.py) on the same shapes, masks and dtype.
+
+  python bench/train_step.py --config=configs/vitl16.py --batch=24 --dtype=bfloat16 --attention=cudnn --remat=dots
+  python bench/train_step.py --config=vit_small --size=crop=64,frames=8,depth=4 --batch=4 --compare-torch
+
+Prints one markdown table row per run (header first). Figures are per device. The FLOPs are analytic (matmuls and
+attention, 2 per multiply-add, backward = 2x forward; see analytic_step_flops) because XLA's cost analysis counts a
+scanned layer once. Nothing here is asserted in tests; tests/test_bench.py only checks that it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from input_pipeline import masks as masks_lib  # noqa: E402
+from jepa_jax import optim  # noqa: E402
+from jepa_jax import sharding  # noqa: E402
+from jepa_jax import train_state  # noqa: E402
+from jepa_jax import train_step as train_step_lib  # noqa: E402
+from jepa_jax.models import build_encoder  # noqa: E402
+
+# Dense peak FLOP/s per device for the compute dtype (datasheet figures; MFU is against these).
+PEAK_FLOPS = {
+    # substring of device_kind: {dtype: peak}
+    "H100": {"bfloat16": 989e12, "float32": 495e12},  # SXM; float32 matmuls run as TF32 by default in XLA
+    "H200": {"bfloat16": 989e12, "float32": 495e12},
+    "A100": {"bfloat16": 312e12, "float32": 156e12},
+    "TPU v4": {"bfloat16": 275e12},
+    "TPU v5 lite": {"bfloat16": 197e12},
+    "TPU v5": {"bfloat16": 459e12},
+    "TPU v6 lite": {"bfloat16": 918e12},
+}
+SIZE_KEYS = {"embed": "embed_dim", "depth": "depth", "heads": "num_heads", "crop": "crop_size",
+             "frames": "num_frames", "pred_depth": "pred_depth", "pred_embed": "pred_embed_dim",
+             "patch": "patch_size"}
+COLUMNS = ("run", "device", "dtype", "attn", "remat", "scan", "B/dev", "tokens", "compile s", "step ms (median)",
+           "clips/s/dev", "tokens/s/dev", "GFLOP/step/dev", "TFLOP/s", "MFU", "compiled peak GiB",
+           "device peak GiB", "torch step ms", "jax/torch throughput")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------------------
+
+def load_config(name: str):
+  """A config file path (configs/vitl16.py) or a model zoo name (vit_large: the defaults with that model)."""
+  if name.endswith(".py"):
+    path = Path(name) if Path(name).is_absolute() else ROOT / name
+    spec = importlib.util.spec_from_file_location(f"bench_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+  from configs import default
+  config = default.get_config()
+  config.model.name = name
+  return config
+
+
+def parse_size(text: str) -> dict:
+  """'embed=96,depth=4,heads=4,crop=64,frames=8' -> {model field: int}."""
+  out = {}
+  for item in filter(None, (s.strip() for s in (text or "").split(","))):
+    key, _, value = item.partition("=")
+    if key not in SIZE_KEYS:
+      raise ValueError(f"--size key {key!r} unknown; use {sorted(SIZE_KEYS)}")
+    out[SIZE_KEYS[key]] = int(value)
+  return out
+
+
+def configure(config, *, per_device_batch: int, num_devices: int, dtype=None, attention=None, remat=None,
+              scan=None, size: dict | None = None, mesh_shape=None):
+  """Applies the benchmark's overrides to a config (in place) and returns it."""
+  m = config.model
+  for key, value in (size or {}).items():
+    m[key] = value
+  if dtype:
+    m.dtype = dtype
+  if attention is not None:
+    m.attention_impl = "" if attention in ("", "default", "none") else attention
+  if remat:
+    m.remat = remat
+  if scan is not None:
+    m.scan_layers = bool(scan)
+  config.data.batch_size = per_device_batch * num_devices
+  config.optim.grad_accum_steps = 1
+  if mesh_shape is not None:
+    config.mesh.shape = tuple(mesh_shape)
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+  """The sizes the FLOP count and the PyTorch twin need."""
+  embed_dim: int
+  depth: int
+  num_heads: int
+  mlp_hidden: int
+  pred_embed_dim: int
+  pred_depth: int
+  pred_num_heads: int
+  pred_mlp_hidden: int
+  patch_size: int
+  tubelet_size: int
+  num_frames: int
+  crop_size: int
+  num_tokens: int
+  num_context: tuple[int, ...]
+  num_target: tuple[int, ...]
+
+
+def model_dims(config, specs) -> Dims:
+  encoder = build_encoder(config.model, nnx.Rngs(0), abstract_depth=1)
+  blocks = nnx.to_pure_dict(nnx.state(encoder.blocks))
+  hidden = [x.shape[-1] for p, x in jax.tree_util.tree_flatten_with_path(blocks)[0]
+            if "fc1" in jax.tree_util.keystr(p) and "kernel" in jax.tree_util.keystr(p)][0]
+  m = config.model
+  depth = m.depth or {"vit_tiny": 12, "vit_small": 12, "vit_base": 12, "vit_large": 24, "vit_huge": 32,
+                      "vit_giant": 40, "vit_gigantic": 48}[m.name]
+  grid = masks_lib.token_grid(crop_size=m.crop_size, num_frames=m.num_frames, patch_size=encoder.patch_size,
+                              tubelet_size=m.tubelet_size)
+  return Dims(embed_dim=encoder.embed_dim, depth=depth, num_heads=encoder.num_heads, mlp_hidden=hidden,
+              pred_embed_dim=m.pred_embed_dim, pred_depth=m.pred_depth,
+              pred_num_heads=m.pred_num_heads or encoder.num_heads, pred_mlp_hidden=4 * m.pred_embed_dim,
+              patch_size=encoder.patch_size, tubelet_size=m.tubelet_size, num_frames=m.num_frames,
+              crop_size=m.crop_size, num_tokens=int(np.prod(grid)),
+              num_context=tuple(s.num_context for s in specs), num_target=tuple(s.num_target for s in specs))
+
+
+def analytic_step_flops(d: Dims, batch: int) -> float:
+  """Matmul + attention FLOPs of one train step for `batch` clips (2 per multiply-add).
+
+  target encoder forward on all N tokens (x1) + per mask generator: context encoder on Kc tokens and predictor on
+  Kc + Kt tokens, forward and backward (x3). Patch embedding runs on all N tokens in both encoders (the gather
+  follows it); its backward needs only the weight gradient (x2). Element-wise work (norms, GELU, softmax, AdamW,
+  EMA) is left out: it is < 5% at real sizes.
+  """
+  def blocks(n, dim, hidden, depth):
+    per_token = 2 * (3 * dim * dim + dim * dim + 2 * dim * hidden)
+    attention = 2 * 2 * n * n * dim  # QK^T and AV
+    return depth * (n * per_token + attention)
+
+  patch = 2 * d.num_tokens * (3 * d.tubelet_size * d.patch_size ** 2) * d.embed_dim
+  total = patch + blocks(d.num_tokens, d.embed_dim, d.mlp_hidden, d.depth)
+  for kc, kt in zip(d.num_context, d.num_target):
+    encoder = blocks(kc, d.embed_dim, d.mlp_hidden, d.depth)
+    predictor = (2 * kc * d.embed_dim * d.pred_embed_dim
+                 + blocks(kc + kt, d.pred_embed_dim, d.pred_mlp_hidden, d.pred_depth)
+                 + 2 * kt * d.pred_embed_dim * d.embed_dim)
+    total += 2 * patch + 3 * (encoder + predictor)
+  return float(total * batch)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The JAX step
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class StepSetup:
+  config: object
+  mesh: object
+  specs: list
+  state_shardings: dict
+  jitted: object  # jax.jit(train_step) with shardings and donation
+  abstract_state: dict
+  abstract_batch: dict
+
+
+def abstract_batch(config, specs, mesh) -> dict:
+  """ShapeDtypeStructs of one global batch, sharded over the batch axes."""
+  m, b = config.model, config.data.batch_size
+  sh = sharding.batch_sharding(mesh)
+  sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=sh)
+  return {"clips": sds((b, m.num_frames, m.crop_size, m.crop_size, 3), np.uint8),
+          "context_masks": tuple(sds((b, s.num_context), np.int32) for s in specs),
+          "target_masks": tuple(sds((b, s.num_target), np.int32) for s in specs)}
+
+
+def build_step(config, devices=None, specs=None) -> StepSetup:
+  """The real jitted train step (shardings and donation as jepa_jax/train.py) plus abstract inputs."""
+  devices = list(devices if devices is not None else jax.devices())
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rules = sharding.logical_rules(config.mesh)
+  per_device = config.data.batch_size // sharding.data_parallel_size(mesh)
+  specs = specs or masks_lib.mask_specs_from_config(config, per_device)
+  defs = train_state.model_defs(config)
+  tx = optim.make_optimizer(config.optim)
+  fns = train_step_lib.make_step_functions(config, defs.encoder_def, defs.predictor_def, tx)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    state_sh = train_state.state_shardings(defs, tx, mesh, rules)
+    jitted = jax.jit(functools.partial(train_step_lib.train_step, fns=fns),
+                     in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                     out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+    abstract = train_state.abstract_state(defs, tx, state_sh)
+  return StepSetup(config, mesh, specs, state_sh, jitted, abstract, abstract_batch(config, specs, mesh))
+
+
+def compile_step(setup: StepSetup):
+  """Lowers and compiles for the abstract inputs; returns (compiled, lower seconds, compile seconds)."""
+  rules = sharding.logical_rules(setup.config.mesh)
+  with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(rules):
+    t0 = time.perf_counter()
+    lowered = setup.jitted.lower(setup.abstract_state, setup.abstract_batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+  return compiled, t1 - t0, t2 - t1
+
+
+def memory_figures(compiled) -> dict:
+  """Per-device bytes from the compiled program. 'peak' is peak_memory_in_bytes where the backend fills it (TPU);
+  otherwise arguments + outputs + temporaries - aliased (donated) bytes, an upper bound."""
+  ma = compiled.memory_analysis()
+  if ma is None:
+    return {}
+  get = lambda k: int(getattr(ma, k, 0) or 0)
+  out = {k: get(k + "_in_bytes") for k in ("argument_size", "output_size", "temp_size", "alias_size",
+                                             "generated_code_size")}
+  peak = get("peak_memory_in_bytes")
+  out["peak_from_backend"] = bool(peak)
+  out["peak"] = peak or (out["argument_size"] + out["output_size"] + out["temp_size"] - out["alias_size"])
+  return out
+
+
+def make_batches(config, specs, num: int, seed: int) -> list[dict]:
+  """Random uint8 clips with real masks from MultiBlockMaskGenerator (numpy, global batch)."""
+  m, b = config.model, config.data.batch_size
+  generator = masks_lib.MultiBlockMaskGenerator(specs, crop_size=m.crop_size, num_frames=m.num_frames,
+                                                patch_size=m.patch_size, tubelet_size=m.tubelet_size)
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(num):
+    batch = {"clips": rng.integers(0, 256, (b, m.num_frames, m.crop_size, m.crop_size, 3), dtype=np.uint8)}
+    batch.update(generator(b, rng))
+    out.append(batch)
+  return out
+
+
+class JaxRunner:
+  """Holds the compiled step, the live state and device-resident batches; run(n) returns per-step seconds."""
+
+  def __init__(self, setup: StepSetup, batches: list[dict], seed: int = 0):
+    self.setup = setup
+    self.compiled, self.lower_s, self.compile_s = compile_step(setup)
+    with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(sharding.logical_rules(setup.config.mesh)):
+      self.state = train_state.create_train_state(setup.config, optim.make_optimizer(setup.config.optim),
+                                                  setup.state_shardings, seed)
+    self.batches = [sharding.host_local_batch_to_global(b, setup.mesh) for b in batches]
+    self.i = 0
+    self.last_loss = float("nan")
+
+  def run(self, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+      batch = self.batches[self.i % len(self.batches)]
+      self.i += 1
+      t0 = time.perf_counter()
+      self.state, metrics = self.compiled(self.state, batch)
+      jax.block_until_ready((self.state, metrics))
+      times.append(time.perf_counter() - t0)
+    self.last_loss = float(metrics["loss"])
+    return times
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The PyTorch eager step (the official recipe, tests/torch_reference.py modules)
+# ----------------------------------------------------------------------------------------------------------------
+
+class TorchRunner:
+  """target forward under no_grad + layer_norm; per mask: context encoder, predictor, L1; backward; per-module
+  grad-norm clipping; AdamW (official 4 groups); EMA with torch._foreach ops, as app/vjepa/train.py."""
+
+  def __init__(self, config, dims: Dims, batches: list[dict], device: str = "cpu", threads: int = 0):
+    import torch
+    import torch.nn.functional as F
+    from tests import torch_reference as ref
+    self.torch, self.F = torch, F
+    if threads:
+      torch.set_num_threads(threads)
+    m, d = config.model, dims
+    self.device = torch.device(device)
+    self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[m.dtype]
+    common = dict(img_size=m.crop_size, patch_size=d.patch_size, num_frames=m.num_frames,
+                  tubelet_size=m.tubelet_size, uniform_power=m.uniform_power)
+    self.encoder = ref.TorchVisionTransformer(**common, embed_dim=d.embed_dim, depth=d.depth,
+                                              num_heads=d.num_heads, mlp_ratio=d.mlp_hidden / d.embed_dim)
+    self.predictor = ref.TorchPredictor(**common, embed_dim=d.embed_dim, predictor_embed_dim=d.pred_embed_dim,
+                                        depth=d.pred_depth, num_heads=d.pred_num_heads,
+                                        num_mask_tokens=len(d.num_context))
+    ref.init_official(self.encoder, self.predictor)
+    self.encoder.to(self.device)
+    self.predictor.to(self.device)
+    self.target = ref.TorchVisionTransformer(**common, embed_dim=d.embed_dim, depth=d.depth,
+                                             num_heads=d.num_heads, mlp_ratio=d.mlp_hidden / d.embed_dim)
+    self.target.load_state_dict(self.encoder.state_dict())
+    self.target.to(self.device).requires_grad_(False)
+    groups = []
+    for module in (self.encoder, self.predictor):
+      named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+      groups.append({"params": [p for n, p in named if "bias" not in n and p.ndim != 1]})
+      groups.append({"params": [p for n, p in named if "bias" in n or p.ndim == 1], "weight_decay": 0.0})
+    self.opt = torch.optim.AdamW(groups, lr=1e-4, weight_decay=0.04, betas=tuple(config.optim.betas),
+                                 eps=config.optim.eps)
+    self.clip = float(config.optim.clip_grad)
+    self.momentum = float(config.optim.ema[0])
+    self.q_params = list(self.encoder.parameters())
+    self.k_params = list(self.target.parameters())
+    mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
+    std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+    # The official loader hands the step normalised float clips [B, 3, T, H, W]; so do we (outside the timing).
+    self.batches = []
+    for b in batches:
+      clips = ((b["clips"].astype(np.float32) - mean) / std).transpose(0, 4, 1, 2, 3)
+      self.batches.append({
+          "clips": torch.from_numpy(np.ascontiguousarray(clips)).to(self.device),
+          "context_masks": [torch.from_numpy(c.astype(np.int64)).to(self.device) for c in b["context_masks"]],
+          "target_masks": [torch.from_numpy(t.astype(np.int64)).to(self.device) for t in b["target_masks"]]})
+    self.i = 0
+    self.last_loss = float("nan")
+
+  def _sync(self):
+    if self.device.type == "cuda":
+      self.torch.cuda.synchronize()
+
+  def step(self, batch):
+    torch, F = self.torch, self.F
+    autocast = torch.autocast(device_type=self.device.type, dtype=self.dtype,
+                              enabled=self.dtype != torch.float32)
+    with autocast:
+      with torch.no_grad():
+        h = self.target(batch["clips"])
+        h = F.layer_norm(h, (h.size(-1),))
+      losses = []
+      for i, (c, t) in enumerate(zip(batch["context_masks"], batch["target_masks"])):
+        z = self.encoder(batch["clips"], masks=c)
+        pred = self.predictor(z, c, t, mask_index=i)
+        target = torch.gather(h, 1, t.unsqueeze(-1).expand(-1, -1, h.size(-1)))
+        losses.append(torch.mean(torch.abs(pred.float() - target.float())))
+      loss = sum(losses) / len(losses)
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), self.clip)
+    torch.nn.utils.clip_grad_norm_(self.predictor.parameters(), self.clip)
+    self.opt.step()
+    with torch.no_grad():
+      torch._foreach_mul_(self.k_params, self.momentum)
+      torch._foreach_add_(self.k_params, self.q_params, alpha=1.0 - self.momentum)
+    return loss
+
+  def run(self, steps: int) -> list[float]:
+    times = []
+    for _ in range(steps):
+      batch = self.batches[self.i % len(self.batches)]
+      self.i += 1
+      self._sync()
+      t0 = time.perf_counter()
+      loss = self.step(batch)
+      self._sync()
+      times.append(time.perf_counter() - t0)
+    self.last_loss = float(loss.detach())
+    return times
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------------
+
+def peak_flops(device, dtype: str) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # "TPU v5 lite" before "TPU v5"
+    if key in kind:
+      return PEAK_FLOPS[key].get(dtype)
+  return None
+
+
+def device_peak_bytes(device) -> int | None:
+  try:
+    stats = device.memory_stats()
+  except Exception:  # CPU backends may not implement it
+    return None
+  return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def _fmt(x, spec):
+  return "n/a" if x is None else format(x, spec)
+
+
+def markdown_header() -> str:
+  return "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
+
+
+def markdown_row(r: dict) -> str:
+  gib = 2 ** 30
+  cells = [r["run"], r["device"], r["dtype"], r["attention"] or "default", r["remat"], str(r["scan"]),
+           str(r["per_device_batch"]), str(r["tokens_per_clip"]), f"{r['compile_s']:.1f}",
+           f"{r['step_ms']:.1f}", f"{r['clips_per_s']:.2f}", f"{r['tokens_per_s']:.0f}",
+           f"{r['flops_per_step'] / 1e9:.1f}", f"{r['tflops_per_s']:.3f}",
+           "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
+           _fmt(r["compiled_peak_bytes"] and r["compiled_peak_bytes"] / gib, ".2f"),
+           _fmt(r["device_peak_bytes"] and r["device_peak_bytes"] / gib, ".2f"),
+           _fmt(r.get("torch_step_ms"), ".1f"), _fmt(r.get("speedup"), ".2f")]
+  return "| " + " | ".join(cells) + " |"
+
+
+def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, rounds: int = 3, seed: int = 0,
+                  label: str = "", torch_threads: int = 0, num_batches: int = 4) -> dict:
+  """Compiles, warms up and times the JAX step (and the PyTorch one, interleaved in `rounds` blocks so that load
+  changes on a shared machine hit both alike). Returns the row as a dict."""
+  devices = jax.devices()
+  setup = build_step(config, devices)
+  dims = model_dims(config, setup.specs)
+  per_device = config.data.batch_size // len(devices)
+  batches = make_batches(config, setup.specs, num_batches, seed)
+  jax_runner = JaxRunner(setup, batches, seed)
+  torch_runner = None
+  if compare_torch:
+    torch_device = "cuda" if devices[0].platform == "gpu" else "cpu"
+    torch_runner = TorchRunner(config, dims, batches, device=torch_device, threads=torch_threads)
+  jax_runner.run(warmup)
+  if torch_runner:
+    torch_runner.run(warmup)
+  jax_times, torch_times = [], []
+  per_round = max(1, steps // rounds)
+  for _ in range(rounds):
+    jax_times += jax_runner.run(per_round)
+    if torch_runner:
+      torch_times += torch_runner.run(per_round)
+  step_s = statistics.median(jax_times)
+  flops = analytic_step_flops(dims, per_device)
+  peak = peak_flops(devices[0], config.model.dtype)
+  mem = memory_figures(jax_runner.compiled)
+  row = {
+      "run": label or config.model.name, "device": getattr(devices[0], "device_kind", devices[0].platform),
+      "num_devices": len(devices), "dtype": config.model.dtype, "attention": config.model.attention_impl,
+      "remat": config.model.remat, "scan": bool(config.model.scan_layers), "per_device_batch": per_device,
+      "tokens_per_clip": dims.num_tokens, "num_context": dims.num_context, "num_target": dims.num_target,
+      "compile_s": jax_runner.lower_s + jax_runner.compile_s, "step_ms": 1e3 * step_s,
+      "step_ms_p10_p90": [1e3 * float(np.percentile(jax_times, q)) for q in (10, 90)],
+      "clips_per_s": per_device / step_s, "tokens_per_s": per_device * dims.num_tokens / step_s,
+      "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12,
+      "mfu": None if peak is None else flops / step_s / peak,
+      "compiled_peak_bytes": mem.get("peak"), "memory": mem,
+      "device_peak_bytes": device_peak_bytes(devices[0]) if devices[0].platform != "cpu" else None,
+      "jax_loss": jax_runner.last_loss, "steps_timed": len(jax_times),
+  }
+  if torch_runner:
+    torch_s = statistics.median(torch_times)
+    row.update(torch_step_ms=1e3 * torch_s, speedup=torch_s / step_s, torch_loss=torch_runner.last_loss,
+               torch_step_ms_p10_p90=[1e3 * float(np.percentile(torch_times, q)) for q in (10, 90)])
+  return row
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="configs/demo.py", help="config file (configs/vitl16.py) or model name")
+  p.add_argument("--batch", type=int, default=8, help="clips per device")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the config's)")
+  p.add_argument("--attention", help="'' / default, xla or cudnn (default: the config's)")
+  p.add_argument("--remat", choices=("none", "full", "dots", "dots_no_batch"))
+  p.add_argument("--scan", type=int, choices=(0, 1), help="scan over layers (1) or unrolled (0)")
+  p.add_argument("--size", default="", help="model overrides: embed=,depth=,heads=,crop=,frames=,pred_depth=,"
+                                            "pred_embed=,patch=")
+  p.add_argument("--steps", type=int, default=30, help="timed steps (median reported)")
+  p.add_argument("--warmup", type=int, default=3, help="untimed steps after compile")
+  p.add_argument("--rounds", type=int, default=3, help="interleaved JAX/torch timing blocks")
+  p.add_argument("--compare-torch", action="store_true", help="also time the PyTorch eager step")
+  p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads on CPU (0: torch default)")
+  p.add_argument("--label", default="", help="name of the run in the table")
+  p.add_argument("--json", default="", help="append the row as one JSON line to this file")
+  p.add_argument("--no-header", action="store_true", help="print only the row")
+  args = p.parse_args(argv)
+
+  config = load_config(args.config)
+  configure(config, per_device_batch=args.batch, num_devices=jax.device_count(), dtype=args.dtype,
+            attention=args.attention, remat=args.remat, scan=args.scan, size=parse_size(args.size),
+            mesh_shape=(-1, 1, 1))
+  row = run_benchmark(config, steps=args.steps, warmup=args.warmup, compare_torch=args.compare_torch,
+                      rounds=args.rounds, label=args.label, torch_threads=args.torch_threads)
+  if not args.no_header:
+    print(markdown_header())
+  print(markdown_row(row), flush=True)
+  if args.json:
+    with open(args.json, "a") as f:
+      f.write(json.dumps(row, default=str) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
