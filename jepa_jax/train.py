@@ -168,7 +168,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           "clips_per_s": clips_per_s,
           "tokens_per_s_per_device": clips_per_s * tokens_per_clip / num_devices,
           "mfu": metrics_lib.mfu(flops_per_step, step_time, num_devices, device_kind),
-          "skipped_videos": pipeline.skipped_video_count(),
+          "skipped_videos": pipeline.skipped_files(),
       }
       writer.write(step, last_metrics, ipe=config.optim.ipe)
       progress.update(step, last_metrics)

@@ -78,12 +78,12 @@ def test_tpu_launch_dry_run_prints_create_setup_run_logs_for_v5p_64():
   ssh_all = [l for l in lines if l.startswith("gcloud compute tpus tpu-vm ssh jepa-v5p") and "--worker=all" in l]
   assert len(ssh_all) == 3  # unpack the code, install, start training
   assert "pip install --quiet -r requirements.txt '\\''jax[tpu]==0.10.2'\\''" in out
-  train = ("$HOME/jepa_venv/bin/python -m jepa_jax.main --config=configs/vitl16.py --workdir=gs://bucket/vitl16 "
+  train = ("$HOME/jepa_venv/bin/python -m jepa_jax.main --distributed --config=configs/vitl16.py --workdir=gs://bucket/vitl16 "
            "--config.optim.grad_accum_steps=4 >>\"$log\" 2>&1 </dev/null &")
   assert f"setsid nohup env {train}" in out
   assert "tpu-vm ssh jepa-v5p --zone=us-east5-a --project=proj-1 --worker=0" in out  # the log stream
   # Training starts only after the slice exists and the code is installed.
-  assert out.index("queued-resources create") < out.index("pip install") < out.index("jepa_jax.main --config")
+  assert out.index("queued-resources create") < out.index("pip install") < out.index("jepa_jax.main --distributed --config")
 
 
 def test_tpu_delete_dry_run_deletes_queued_resource_and_its_nodes():
@@ -125,7 +125,7 @@ def test_slurm_dry_run_one_process_per_gpu():
   out = _dry("gpu/slurm_multinode.sbatch", "--config=configs/vitl16.py", WORKDIR="/shared/w", NNODES="16",
              GPUS_PER_NODE="8")
   assert (f"srun --nodes=16 --ntasks-per-node=8 --cpus-per-task=12 --kill-on-bad-exit=1 "
-          f"--output={ROOT}/runs/slurm/%j-task%t.log python -m jepa_jax.main --workdir=/shared/w "
+          f"--output={ROOT}/runs/slurm/%j-task%t.log python -m jepa_jax.main --distributed --workdir=/shared/w "
           f"--config=configs/vitl16.py") in out.splitlines()
   assert "JAX_LOCAL_DEVICE_IDS" not in out  # jax picks GPU number SLURM_LOCALID itself
 

@@ -31,14 +31,14 @@ def tiny_config(**overrides):
   return config
 
 
-def mask_generator(config, per_device_batch: int = 1):
+def mask_generator(config, per_device_batch: int = 8):
   specs = masks_lib.mask_specs_from_config(config, per_device_batch)
   m = config.model
   return specs, masks_lib.MultiBlockMaskGenerator(
       specs, crop_size=m.crop_size, num_frames=m.num_frames, patch_size=m.patch_size, tubelet_size=m.tubelet_size)
 
 
-def random_batches(config, num_batches: int, seed: int = 0, per_device_batch: int = 1) -> list[dict]:
+def random_batches(config, num_batches: int, seed: int = 0, per_device_batch: int = 8) -> list[dict]:
   """Random uint8 clips with masks from the real generator; numpy, on the host."""
   rng = np.random.default_rng(seed)
   _, generator = mask_generator(config, per_device_batch)

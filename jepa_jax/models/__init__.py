@@ -27,6 +27,11 @@ def _common(cfg: ml_collections.ConfigDict) -> dict:
               attention_impl=cfg.attention_impl or None, remat=cfg.remat, scan_layers=cfg.scan_layers)
 
 
+def _size_overrides(cfg: ml_collections.ConfigDict) -> dict:
+  """config.model.embed_dim / depth / num_heads > 0 replace the zoo's values (small test and demo models)."""
+  return {k: cfg.get(k) for k in ("embed_dim", "depth", "num_heads") if cfg.get(k, 0)}
+
+
 def build_encoder(model_cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, *,
                   abstract_depth: int | None = None) -> VisionTransformer:
   """The context (and target) encoder named by config.model.name.
@@ -36,10 +41,11 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, *,
   if model_cfg.name not in MODEL_ZOO:
     raise ValueError(f"unknown config.model.name {model_cfg.name!r}; choose from {sorted(MODEL_ZOO)}")
   factory = MODEL_ZOO[model_cfg.name]
+  kwargs = {**_common(model_cfg), **_size_overrides(model_cfg)}
   with nnx.use_eager_sharding(False):
     if abstract_depth is not None:
-      return nnx.eval_shape(lambda: factory(**_common(model_cfg), depth=abstract_depth, rngs=nnx.Rngs(0)))
-    return factory(**_common(model_cfg), rngs=rngs)
+      return nnx.eval_shape(lambda: factory(**{**kwargs, "depth": abstract_depth}, rngs=nnx.Rngs(0)))
+    return factory(**kwargs, rngs=rngs)
 
 
 def build_predictor(model_cfg: ml_collections.ConfigDict, num_mask_tokens: int,

@@ -196,7 +196,7 @@ train_args() {
   read -ra overrides <<<"${OVERRIDES}"
   overrides+=("${EXTRA_OVERRIDES[@]}")
   [[ -n "${WORKDIR}" ]] || die "set WORKDIR (gs://BUCKET/PATH; the same WORKDIR resumes a run)"
-  local cmd=("\$HOME/jepa_venv/bin/python" -m jepa_jax.main --config="${CONFIG}" --workdir="${WORKDIR}")
+  local cmd=("\$HOME/jepa_venv/bin/python" -m jepa_jax.main --distributed --config="${CONFIG}" --workdir="${WORKDIR}")
   local arg line="${cmd[0]}"
   for arg in "${cmd[@]:1}" "${overrides[@]}"; do
     line+=" $(printf '%q' "${arg}")"
