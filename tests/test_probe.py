@@ -142,3 +142,91 @@ def test_depth_other_than_one_is_refused():
   with pytest.raises(NotImplementedError):
     with nnx.use_eager_sharding(False):
       AttentiveClassifier(D, HEADS, CLASSES, depth=2, rngs=nnx.Rngs(0))
+
+
+# ---------------------------------------------------------------------------------------------- optimizer (6.2)
+
+def _official_lr_wd(s, total, lr=1e-3, final_lr=0.0, wd=0.01, final_wd=1e-6):
+  """WarmupCosineSchedule(warmup 0) and CosineWDSchedule as written in reference 4.3 / 6.2, at official step s."""
+  c = 0.5 * (1.0 + math.cos(math.pi * s / total))
+  return max(final_lr, final_lr + (lr - final_lr) * c), max(final_wd, final_wd + (wd - final_wd) * c)
+
+
+def test_probe_optimizer_matches_torch_adamw_with_official_groups_and_clipping():
+  import optax
+  from jepa_jax.probe_optim import make_probe_optimizer, probe_weight_decay_mask
+
+  steps, wd = 6, 0.05
+  model = _build(dim=32, heads=4, classes=5)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  ref = TorchAttentiveClassifier(32, 4, 5)
+  ref.load_state_dict(_torch_state_dict(model), strict=True)
+  named = dict(ref.named_parameters())
+  decay = [p for n, p in named.items() if 'bias' not in n and p.ndim != 1]
+  no_decay = [p for n, p in named.items() if 'bias' in n or p.ndim == 1]
+  opt_t = torch.optim.AdamW([{'params': decay}, {'params': no_decay, 'weight_decay': 0.0}])
+
+  mask = probe_weight_decay_mask(params)
+  assert mask['pooler']['query_tokens'] and mask['linear']['kernel']
+  assert not mask['linear']['bias'] and not mask['pooler']['cross_attention_block']['norm1']['scale']
+
+  tx = make_probe_optimizer(1e-3, 0.0, wd, total_steps=steps)
+  opt_state = tx.init(params)
+  rng = np.random.default_rng(0)
+  clipped = 0
+  for step in range(steps):
+    # Global grad norm ~ factor: some steps above the clip norm 1.0, some below.
+    scale = [0.3, 3.0, 0.5, 5.0, 0.2, 2.0][step] / math.sqrt(sum(p.numel() for p in named.values()))
+    grads_t = {n: None if 'xattn.proj' in n else rng.normal(size=p.shape).astype(np.float32) * scale
+               for n, p in named.items()}
+    norm = math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads_t.values() if g is not None))
+    clipped += norm > 1.0
+    # torch: schedulers step before the forward, so this step uses s = step + 1.
+    lr, wdv = _official_lr_wd(step + 1, steps, wd=wd)
+    for i, g in enumerate(opt_t.param_groups):
+      g['lr'] = lr
+      if i == 0:
+        g['weight_decay'] = wdv
+    for n, p in named.items():
+      p.grad = None if grads_t[n] is None else torch.from_numpy(grads_t[n])
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+    opt_t.step()
+    # ours: same grads in our layout (kernel = weight.T), zero for the unused proj.
+    flat = {}
+    for (path, var) in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+      names = [str(p) for p in path]
+      tkey = '.'.join(names[:-1] + ['weight' if names[-1] in ('kernel', 'scale') else names[-1]])
+      g = grads_t[tkey]
+      g = np.zeros(var[...].shape, np.float32) if g is None else (g.T if names[-1] == 'kernel' else g)
+      flat[tuple(path)] = g
+    grads = jax.tree_util.tree_map_with_path(
+        lambda path, _: jnp.asarray(flat[tuple(getattr(k, 'key', k) for k in path)]), params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+  assert 0 < clipped < steps
+
+  with nnx.use_eager_sharding(False):
+    nnx.update(model, nnx.State(params))
+  ours = _torch_state_dict(model)
+  init = _torch_state_dict(_build(dim=32, heads=4, classes=5))
+  theirs = {k: v.detach() for k, v in ref.state_dict().items()}
+  for k in theirs:
+    rel = float((ours[k] - theirs[k]).norm() / theirs[k].norm().clamp_min(1e-12))
+    assert rel < 1e-6, (k, rel)
+    # The change itself (~lr per step) must agree too, not only the large initial values. Zero-init biases
+    # agree to ~2e-7; weights carry float32 rounding of p (ulp of 0.1 vs steps of 1e-3), ~7e-6 at worst.
+    moved_t, moved_o = theirs[k] - init[k], ours[k] - init[k]
+    if moved_t.norm() > 0:
+      assert float((moved_o - moved_t).norm() / moved_t.norm()) < 2e-5, k
+  proj = 'pooler.cross_attention_block.xattn.proj.weight'
+  assert torch.equal(ours[proj], init[proj])  # never updated, never decayed, as in torch
+
+
+def test_probe_schedules_start_at_step_one_and_end_at_the_final_values():
+  from jepa_jax.probe_optim import probe_lr_schedule, probe_wd_schedule
+  lr, wd = probe_lr_schedule(1e-3, 0.0, 100), probe_wd_schedule(0.01, 1e-6, 100)
+  assert float(lr(0)) == pytest.approx(_official_lr_wd(1, 100)[0], rel=1e-6)
+  assert float(lr(0)) < 1e-3  # no warmup, and the first step already uses s = 1
+  assert float(lr(99)) == pytest.approx(0.0, abs=1e-12)
+  assert float(wd(99)) == pytest.approx(1e-6, rel=1e-4)
+  assert float(wd(49)) == pytest.approx(_official_lr_wd(50, 100)[1], rel=1e-5)
