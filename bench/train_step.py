@@ -191,17 +191,22 @@ def abstract_batch(config, specs, mesh) -> dict:
           "target_masks": tuple(sds((b, s.num_target), np.int32) for s in specs)}
 
 
-def build_step(config, devices=None, specs=None) -> StepSetup:
-  """The real jitted train step (shardings and donation as jepa_jax/train.py) plus abstract inputs."""
-  devices = list(devices if devices is not None else jax.devices())
-  mesh = sharding.make_mesh(config.mesh, devices)
+def build_step(config, devices=None, specs=None, mesh=None) -> StepSetup:
+  """The real jitted train step (shardings and donation as jepa_jax/train.py) plus abstract inputs.
+
+  mesh: a ready mesh (e.g. over compile-only TPU topology devices); otherwise one from config.mesh over devices.
+  """
+  if mesh is None:
+    mesh = sharding.make_mesh(config.mesh, list(devices if devices is not None else jax.devices()))
   rules = sharding.logical_rules(config.mesh)
   per_device = config.data.batch_size // sharding.data_parallel_size(mesh)
   specs = specs or masks_lib.mask_specs_from_config(config, per_device)
   defs = train_state.model_defs(config)
   tx = optim.make_optimizer(config.optim)
   fns = train_step_lib.make_step_functions(config, defs.encoder_def, defs.predictor_def, tx)
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+  # Not under jax.set_mesh: eval_shape(tx.init) evaluates constants eagerly on the mesh's devices, which fails
+  # for compile-only TPU devices ('Executable' object has no attribute 'local_devices').
+  with nnx.logical_axis_rules(rules):
     state_sh = train_state.state_shardings(defs, tx, mesh, rules)
     jitted = jax.jit(functools.partial(train_step_lib.train_step, fns=fns),
                      in_shardings=(state_sh, sharding.batch_sharding(mesh)),
