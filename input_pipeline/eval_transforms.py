@@ -58,7 +58,12 @@ def _solarize_add(img, add, fill, resample):
 
 
 def _posterize(img, bits, fill, resample):
-  return img if bits >= 8 else ImageOps.posterize(img, bits)
+  # ImageOps.posterize's lut (i & ~(2**(8 - bits) - 1)), written out because Pillow >= 12 rejects bits = 0, which
+  # PosterizeIncreasing reaches at level 10 (older Pillow, as timm's users ran it, returns a black image).
+  if bits >= 8:
+    return img
+  mask = ~(2 ** (8 - max(0, bits)) - 1) & 0xFF
+  return img.point([i & mask for i in range(256)] * len(img.getbands()))
 
 
 _enhance_level = lambda level, negate: level / _LEVEL_MAX * 1.8 + 0.1

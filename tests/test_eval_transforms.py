@@ -171,3 +171,10 @@ def test_image_eval_transform_resizes_then_centre_crops():
   np.testing.assert_array_equal(out, image[4:60, 22:78])
   out = et.image_eval_transform(_clip(t=1, h=90, w=120, seed=9)[0], crop_size=56)
   assert out.shape == (56, 56, 3)
+
+
+def test_posterize_keeps_the_top_bits_and_zero_bits_gives_black():
+  image = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, -1)
+  out = et.apply_ops(image, [('PosterizeIncreasing', 2)], fill=(0, 0, 0))
+  np.testing.assert_array_equal(out, image & 0xC0)
+  assert et.apply_ops(image, [('PosterizeIncreasing', 0)], fill=(0, 0, 0)).max() == 0
