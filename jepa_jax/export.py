@@ -1,0 +1,257 @@
+"""Orbax checkpoint -> official V-JEPA PyTorch checkpoint (reference §2.4, §4.1, §4.6).
+
+  python -m jepa_jax.export --workdir=DIR [--step=N] --out=FILE.pth.tar [--safetensors] [--dtype=bfloat16]
+      [--with_optimizer] [--world_size=W]
+
+The file is the dict the official code saves at the end of an epoch: 'encoder', 'predictor', 'target_encoder'
+(state_dicts of DDP(MultiMaskWrapper(...)), so every key starts with 'module.backbone.'), 'opt', 'scaler',
+'epoch', 'loss', 'batch_size', 'world_size', 'lr'. The official training resume (strict load of the three
+state_dicts, then opt/scaler/epoch) and the official eval loader (target_encoder + epoch) both accept it.
+
+Only the params, the target encoder and the step are read (orbax partial restore, placed on the host CPU); the
+optimizer moments are read, also on the host, only with --with_optimizer.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jepa_jax import checkpointing, optim, schedules, torch_layout, train_state
+
+PREFIX = "module.backbone."
+MODULES = ("encoder", "predictor", "target_encoder")
+
+# named_parameters() order of the official modules (root Parameters first, then submodules in registration order);
+# torch.optim numbers parameters in this order within each param group (reference §4.1).
+_TOP_ORDER = {
+    "encoder": ("pos_embed", "patch_embed", "blocks", "norm"),
+    "predictor": ("predictor_pos_embed", "predictor_embed", "mask_tokens", "predictor_blocks", "predictor_norm",
+                  "predictor_proj"),
+}
+_IN_BLOCK_ORDER = ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                   "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
+                   "mlp.fc2.weight", "mlp.fc2.bias")
+
+
+def official_order(keys, module: str) -> list[str]:
+  """Keys of an encoder or predictor state_dict in the official named_parameters() order."""
+  top = _TOP_ORDER[module]
+
+  def rank(key: str):
+    head, _, rest = key.partition(".")
+    if head in ("blocks", "predictor_blocks"):
+      index, _, leaf = rest.partition(".")
+      return (top.index(head), int(index), _IN_BLOCK_ORDER.index(leaf))
+    if head == "mask_tokens":
+      return (top.index(head), int(rest), 0)
+    return (top.index(head), 0, ("weight", "bias", "").index(rest.rpartition(".")[2] if "." in rest else rest))
+
+  return sorted(keys, key=rank)
+
+
+def param_groups(encoder_ndims: Mapping[str, int], predictor_ndims: Mapping[str, int]) -> list[list[tuple[str, str]]]:
+  """The official 4 AdamW groups as lists of (module, key), from {key: ndim} of each module's state_dict:
+  [encoder decayed, predictor decayed, encoder no-decay, predictor no-decay]; no-decay = 'bias' in the name or a
+  1-D tensor (LayerNorm weights), §4.1. Positional tables are in the decayed groups (they are Parameters) but never
+  get optimizer state (no gradient)."""
+  groups = []
+  for decayed in (True, False):
+    for module, ndims in (("encoder", encoder_ndims), ("predictor", predictor_ndims)):
+      no_decay = lambda k: "bias" in k or ndims[k] == 1  # pylint: disable=cell-var-from-loop
+      groups.append([(module, k) for k in official_order(ndims, module) if no_decay(k) != decayed])
+  return groups
+
+
+def _to_tensor(x: np.ndarray, dtype: str):
+  import torch
+  t = torch.from_numpy(np.array(x, dtype=np.float32, copy=True, order="C"))  # bf16 goes through float32.
+  return t.to(torch.bfloat16) if dtype == "bfloat16" else t
+
+
+def _abstract_model(config, which: str):
+  from flax import nnx
+  from jepa_jax.models import build_encoder, build_predictor
+  if which == "encoder":
+    return nnx.eval_shape(lambda: build_encoder(config.model, nnx.Rngs(0)))
+  return nnx.eval_shape(lambda: build_predictor(
+      config.model, num_mask_tokens=train_state.num_mask_generators(config), rngs=nnx.Rngs(0)))
+
+
+def load_config(workdir: str, step: Optional[int] = None):
+  """The run config: from the checkpoint (the Checkpointer stores it), else WORKDIR/config.json."""
+  import ml_collections
+  try:
+    data = checkpointing.Checkpointer(workdir, async_save=False).restore_config(step)
+  except Exception as e:  # pylint: disable=broad-except
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"no config in the checkpoint ({e}) and no {path}") from e
+    logging.info("config not in the checkpoint; reading %s", path)
+    with open(path) as f:
+      data = json.load(f)
+  return ml_collections.ConfigDict(data)
+
+
+def _host_abstract(tree):
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), tree)
+
+
+def read_checkpoint(workdir: str, config, step: Optional[int] = None, with_optimizer: bool = False) -> dict:
+  """{'step', 'params', 'target_encoder'[, 'opt_state']} from the orbax checkpoint, on the host CPU."""
+  defs = train_state.model_defs(config)
+  params = train_state.abstract_param_shapes(defs)
+  subset = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "target_encoder": params["encoder"]}
+  if with_optimizer:
+    subset["opt_state"] = jax.eval_shape(optim.make_optimizer(config.optim).init, params)
+  return checkpointing.restore_params_only(workdir, _host_abstract(subset), step=step)
+
+
+def _last_logged_loss(workdir: str, write_tag: str) -> Optional[float]:
+  path = os.path.join(workdir, f"{write_tag}_r0.csv")
+  if not os.path.exists(path):
+    return None
+  last = None
+  with open(path, newline="") as f:
+    for row in csv.DictReader(f):
+      if row.get("loss"):
+        last = row["loss"]
+  return float(last) if last is not None else None
+
+
+def _world_size(config, override: int) -> int:
+  if override > 0:
+    return override
+  shape = tuple(config.mesh.shape)
+  return math.prod(shape) if all(s > 0 for s in shape) else 1
+
+
+def adam_state(opt_state):
+  """The optax ScaleByAdamState inside our optimizer chain (optim.make_optimizer)."""
+  import optax
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+           if isinstance(s, optax.ScaleByAdamState)]
+  if len(found) != 1:
+    raise ValueError(f"expected one Adam state in the optimizer state, found {len(found)}")
+  return found[0]
+
+
+def torch_optimizer_state(config, params: Mapping[str, Any], opt_state, step: int, dtype: str = "float32") -> dict:
+  """Our AdamW moments in the official torch.optim.AdamW state_dict layout (4 groups, integer param indices)."""
+  import torch
+  scanned = bool(config.model.scan_layers)
+  adam = adam_state(opt_state)
+  mu = {m: torch_layout.to_torch_state_dict(adam.mu[m], scanned=scanned) for m in ("encoder", "predictor")}
+  nu = {m: torch_layout.to_torch_state_dict(adam.nu[m], scanned=scanned) for m in ("encoder", "predictor")}
+  ndims = {m: {k: v.ndim for k, v in mu[m].items()} for m in mu}
+  ndims["encoder"]["pos_embed"] = ndims["predictor"]["predictor_pos_embed"] = 3
+  adam_step = float(np.asarray(adam.count))
+  lr = float(schedules.learning_rate_schedule(config.optim)(step))
+  wd = float(schedules.weight_decay_schedule(config.optim)(step))
+  b1, b2 = (float(b) for b in config.optim.betas)
+  state, groups, index = {}, [], 0
+  for g, members in enumerate(param_groups(ndims["encoder"], ndims["predictor"])):
+    ids = []
+    for module, key in members:
+      if key not in torch_layout.POS_EMBED_KEYS:  # frozen tables get no gradient, hence no state
+        state[index] = {"step": torch.tensor(adam_step), "exp_avg": _to_tensor(mu[module][key], dtype),
+                        "exp_avg_sq": _to_tensor(nu[module][key], dtype)}
+      ids.append(index)
+      index += 1
+    group = {"lr": lr, "betas": (b1, b2), "eps": float(config.optim.eps), "weight_decay": wd if g < 2 else 0.0,
+             "amsgrad": False, "maximize": False, "foreach": None, "capturable": False, "differentiable": False,
+             "fused": None, "params": ids}
+    if g >= 2:
+      group["WD_exclude"] = True
+    groups.append(group)
+  return {"state": state, "param_groups": groups}
+
+
+def export_checkpoint(workdir: str, out: str, *, step: Optional[int] = None, dtype: str = "float32",
+                      write_safetensors: bool = False, with_optimizer: bool = False, world_size: int = 0) -> dict:
+  """Writes the official checkpoint dict to `out` (and FILE.<module>.safetensors); returns the dict written."""
+  import torch
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+  config = load_config(workdir, step)
+  logging.info("Export: reading %s (step %s) of a %s model; optimizer state %s.", workdir,
+               "latest" if step is None else step, config.model.name, "included" if with_optimizer else "skipped")
+  restored = read_checkpoint(workdir, config, step, with_optimizer)
+  at_step = int(np.asarray(restored["step"]))
+  scanned = bool(config.model.scan_layers)
+
+  tables = {"encoder": torch_layout.pos_embed_entries(_abstract_model(config, "encoder")),
+            "predictor": torch_layout.pos_embed_entries(_abstract_model(config, "predictor"))}
+  pures = {"encoder": restored["params"]["encoder"], "predictor": restored["params"]["predictor"],
+           "target_encoder": restored["target_encoder"]}
+  state_dicts = {}
+  for module in MODULES:
+    kind = "predictor" if module == "predictor" else "encoder"
+    sd = torch_layout.to_torch_state_dict(pures[module], scanned=scanned)
+    sd.update(tables[kind])
+    state_dicts[module] = {k: sd[k] for k in official_order(sd, kind)}
+    logging.info("Export: %s, %d tensors.", module, len(sd))
+
+  ws = _world_size(config, world_size)
+  loss = _last_logged_loss(workdir, config.get("write_tag", "jepa"))
+  ckpt = {m: {PREFIX + k: _to_tensor(v, dtype) for k, v in sd.items()} for m, sd in state_dicts.items()}
+  ckpt.update({
+      "opt": (torch_optimizer_state(config, restored["params"], restored["opt_state"], at_step, dtype)
+              if with_optimizer else None),
+      "scaler": None,
+      "epoch": at_step // int(config.optim.ipe),
+      "loss": float("nan") if loss is None else loss,
+      "batch_size": int(config.data.batch_size) // ws,
+      "world_size": ws,
+      "lr": float(config.optim.lr),
+  })
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  torch.save(ckpt, out)
+  logging.info("Export: wrote %s (step %d = epoch %d, %s).", out, at_step, ckpt["epoch"], dtype)
+  if write_safetensors:
+    from safetensors.torch import save_file
+    for module in MODULES:
+      path = safetensors_path(out, module)
+      save_file({k: _to_tensor(v, dtype) for k, v in state_dicts[module].items()}, path,
+                metadata={"module": module, "epoch": str(ckpt["epoch"]), "step": str(at_step)})
+      logging.info("Export: wrote %s.", path)
+  return ckpt
+
+
+def safetensors_path(out: str, module: str) -> str:
+  """FILE.pth.tar -> FILE.<module>.safetensors (keys without the 'module.backbone.' prefix)."""
+  base = out[:-len(".pth.tar")] if out.endswith(".pth.tar") else os.path.splitext(out)[0]
+  return f"{base}.{module}.safetensors"
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  logging.set_verbosity(logging.INFO)
+  export_checkpoint(f.workdir, f.out, step=None if f.step < 0 else f.step, dtype=f.dtype,
+                    write_safetensors=f.safetensors, with_optimizer=f.with_optimizer, world_size=f.world_size)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  sys.argv = [a.replace("--with-optimizer", "--with_optimizer") for a in sys.argv]
+  flags.DEFINE_string("workdir", None, "Run folder holding checkpoints/ (and config.json).")
+  flags.DEFINE_integer("step", -1, "Checkpoint step; -1: the latest complete one.")
+  flags.DEFINE_string("out", None, "Output file, e.g. vitl16.pth.tar.")
+  flags.DEFINE_bool("safetensors", False, "Also write FILE.{encoder,predictor,target_encoder}.safetensors.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Tensor dtype in the file.")
+  flags.DEFINE_bool("with_optimizer", False, "Include the AdamW moments ('opt') for an official training resume.")
+  flags.DEFINE_integer("world_size", 0, "GPUs of the official run ('world_size'; batch_size = global / this); "
+                       "0: the mesh size when the config fixes it, else 1.")
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)
