@@ -2,6 +2,8 @@
 
 config.mode selects the job: 'pretrain' (V-JEPA pretraining) or 'probe' (frozen attentive-probe evaluation).
 """
+import logging as logging_std
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -18,6 +20,16 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# Libraries whose INFO lines drown the training log (orbax prints a dozen per checkpoint); their warnings still show.
+_QUIET_BELOW_WARNING = ("/orbax/", "/grain/", "/jax/_src/", "/etils/")
+
+
+class _QuietLibraries(logging_std.Filter):
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno >= logging_std.WARNING or not any(p in record.pathname for p in _QUIET_BELOW_WARNING)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -25,6 +37,7 @@ def main(argv):
   from jepa_jax import distributed
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   if config.mode == "pretrain":
     from jepa_jax import train

@@ -115,8 +115,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state = ckpt.restore(abstract, data_iterator=data_iter)
     logging.info("Resumed from step %d.", int(state["step"]))
   else:
-    with jax.set_mesh(mesh):
-      state = train_state.create_train_state(config, tx, state_sh, seed=config.seed)
+    state = train_state.create_train_state(config, tx, state_sh, seed=config.seed)
   start_step = int(jax.device_get(state["step"]))
 
   # --- Compile once: static shapes, donated state ---
@@ -164,7 +163,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       clips_per_s = config.data.batch_size / step_time
       last_metrics = {
           **{k: float(v) for k, v in metrics.items()},
-          "step_time_s": step_time,
+          "wall_time_ms": step_time * 1e3,
           "clips_per_s": clips_per_s,
           "tokens_per_s_per_device": clips_per_s * tokens_per_clip / num_devices,
           "mfu": metrics_lib.mfu(flops_per_step, step_time, num_devices, device_kind),
