@@ -120,3 +120,18 @@ def test_official_init_state_dict_round_trips_bit_exactly():
         np.testing.assert_array_equal(v, sd[k], err_msg=k)
       np.testing.assert_array_equal(torch_layout.pos_embed_entries(model)["predictor_pos_embed"],
                                     sd["predictor_pos_embed"])
+
+
+def test_mismatched_state_dict_is_refused_with_every_problem_listed():
+  kwargs = dict(img_size=32, num_frames=4, embed_dim=64, depth=2, num_heads=4)
+  sd = {k: v.numpy() for k, v in ref.TorchVisionTransformer(**kwargs).state_dict().items()}
+  del sd["blocks.1.mlp.fc2.bias"]
+  sd["blocks.1.attn.q_norm.weight"] = np.ones(16, np.float32)
+  sd["blocks.0.attn.qkv.weight"] = np.zeros((96, 64), np.float32)
+  model = nnx.eval_shape(lambda: _encoder(**kwargs))
+  with pytest.raises(ValueError) as info:
+    torch_layout.from_torch_state_dict(sd, _params(model))
+  message = str(info.value)
+  assert "missing keys (1): ['blocks.1.mlp.fc2.bias']" in message
+  assert "unexpected keys (1): ['blocks.1.attn.q_norm.weight']" in message
+  assert "blocks.0.attn.qkv.weight: got (96, 64) (PyTorch layout), model wants (192, 64)" in message
