@@ -3,6 +3,7 @@
 Weights cross through jepa_jax.torch_layout in both directions; inputs and weights are fresh random draws each run
 and the measured relative error (max |ours - torch| / max |torch|) is printed (pytest -s shows it).
 """
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -39,6 +40,14 @@ def _load_into_torch(model, torch_model):
   return torch_model.eval()
 
 
+def _run(model, *args):
+  """Our forward as the train step runs it: jitted, functional (one compile instead of op-by-op dispatch)."""
+  graphdef, params = nnx.split(model)
+  static = tuple(a for a in args if isinstance(a, int))
+  arrays = tuple(jnp.asarray(a) for a in args if not isinstance(a, int))
+  return jax.jit(lambda p, *a: nnx.merge(graphdef, p)(*a, *static))(params, *arrays)
+
+
 def _torch_clip(x: np.ndarray) -> torch.Tensor:
   return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3)))  # [B,T,H,W,C] -> [B,C,T,H,W]
 
@@ -60,8 +69,8 @@ def test_encoder_matches_torch_on_full_clips_and_masked_subsets(frames, size, sc
   with torch.no_grad():
     want_full = torch_model(_torch_clip(x)).numpy()
     want_masked = torch_model(_torch_clip(x), masks=torch.from_numpy(masks).long()).numpy()
-  err_full = ref.rel_error(model(jnp.asarray(x)), want_full)
-  err_masked = ref.rel_error(model(jnp.asarray(x), jnp.asarray(masks)), want_masked)
+  err_full = ref.rel_error(_run(model, x), want_full)
+  err_masked = ref.rel_error(_run(model, x, masks), want_masked)
   print(f"encoder {frames}x{size}x{size} scan={scan_layers}: full {err_full:.2e}, masked {err_masked:.2e}")
   assert want_full.shape == (2, model.num_patches, 96) and want_masked.shape == (2, 11, 96)
   assert err_full < TOL and err_masked < TOL
@@ -77,7 +86,7 @@ def test_encoder_from_official_init_matches_torch_at_another_clip_size():
   x = np.random.default_rng().standard_normal((2, 12, 48, 48, 3)).astype(np.float32)  # grid (6,3,3) from (4,2,2)
   with torch.no_grad():
     want = torch_model(_torch_clip(x)).numpy()
-  err = ref.rel_error(model(jnp.asarray(x)), want)
+  err = ref.rel_error(_run(model, x), want)
   print(f"encoder interpolated positions 12x48x48 (built 8x32x32): {err:.2e}")
   assert want.shape == (2, 54, 96) and err < TOL
 
@@ -98,7 +107,7 @@ def test_predictor_matches_torch_for_two_mask_generators():
     with torch.no_grad():
       want = torch_model(torch.from_numpy(ctx), torch.from_numpy(ctx_idx).long(),
                          torch.from_numpy(tgt_idx).long(), mask_index).numpy()
-    got = model(jnp.asarray(ctx), jnp.asarray(ctx_idx), jnp.asarray(tgt_idx), mask_index)
+    got = _run(model, ctx, ctx_idx, tgt_idx, mask_index)
     err = ref.rel_error(got, want)
     print(f"predictor generator {mask_index} (Kc={kc}, Kt={kt}): {err:.2e}")
     assert got.shape == (3, kt, 96) and err < TOL
