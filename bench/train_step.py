@@ -411,62 +411,77 @@ def markdown_header() -> str:
 
 def markdown_row(r: dict) -> str:
   gib = 2 ** 30
+  num = lambda k, spec, scale=1.0: _fmt(None if r.get(k) is None else r[k] * scale, spec)
   cells = [r["run"], r["device"], r["dtype"], r["attention"] or "default", r["remat"], str(r["scan"]),
-           str(r["per_device_batch"]), str(r["tokens_per_clip"]), f"{r['compile_s']:.1f}",
-           f"{r['step_ms']:.1f}", f"{r['clips_per_s']:.2f}", f"{r['tokens_per_s']:.0f}",
-           f"{r['flops_per_step'] / 1e9:.1f}", f"{r['tflops_per_s']:.3f}",
-           "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%",
-           _fmt(r["compiled_peak_bytes"] and r["compiled_peak_bytes"] / gib, ".2f"),
-           _fmt(r["device_peak_bytes"] and r["device_peak_bytes"] / gib, ".2f"),
-           _fmt(r.get("torch_step_ms"), ".1f"), _fmt(r.get("speedup"), ".2f")]
+           str(r["per_device_batch"]), str(r["tokens_per_clip"]), num("compile_s", ".1f"), num("step_ms", ".1f"),
+           num("clips_per_s", ".2f"), num("tokens_per_s", ".0f"), num("flops_per_step", ".1f", 1e-9),
+           num("tflops_per_s", ".3f"), num("mfu", ".1%"), num("compiled_peak_bytes", ".2f", 1 / gib),
+           num("device_peak_bytes", ".2f", 1 / gib), num("torch_step_ms", ".1f"), num("speedup", ".2f")]
   return "| " + " | ".join(cells) + " |"
 
 
 def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, rounds: int = 3, seed: int = 0,
-                  label: str = "", torch_threads: int = 0, num_batches: int = 4) -> dict:
+                  label: str = "", torch_threads: int = 0, num_batches: int = 4, torch_only: bool = False) -> dict:
   """Compiles, warms up and times the JAX step (and the PyTorch one, interleaved in `rounds` blocks so that load
-  changes on a shared machine hit both alike). Returns the row as a dict."""
+  changes on a shared machine hit both alike). Returns the row as a dict.
+
+  torch_only: time only the PyTorch step (same shapes and masks: same seed); on a GPU, JAX's preallocated memory
+  would otherwise starve PyTorch in the same process.
+  """
   devices = jax.devices()
-  setup = build_step(config, devices)
-  dims = model_dims(config, setup.specs)
   per_device = config.data.batch_size // len(devices)
-  batches = make_batches(config, setup.specs, num_batches, seed)
-  jax_runner = JaxRunner(setup, batches, seed)
+  specs = masks_lib.mask_specs_from_config(config, per_device)
+  dims = model_dims(config, specs)
+  batches = make_batches(config, specs, num_batches, seed)
+  jax_runner = None if torch_only else JaxRunner(build_step(config, devices, specs), batches, seed)
   torch_runner = None
-  if compare_torch:
+  if compare_torch or torch_only:
     torch_device = "cuda" if devices[0].platform == "gpu" else "cpu"
     torch_runner = TorchRunner(config, dims, batches, device=torch_device, threads=torch_threads)
-  jax_runner.run(warmup)
-  if torch_runner:
-    torch_runner.run(warmup)
-  jax_times, torch_times = [], []
+  runners = [r for r in (jax_runner, torch_runner) if r is not None]
+  times = {id(r): [] for r in runners}
+  for r in runners:
+    r.run(warmup)
   per_round = max(1, steps // rounds)
   for _ in range(rounds):
-    jax_times += jax_runner.run(per_round)
-    if torch_runner:
-      torch_times += torch_runner.run(per_round)
-  step_s = statistics.median(jax_times)
+    for r in runners:
+      times[id(r)] += r.run(per_round)
   flops = analytic_step_flops(dims, per_device)
-  peak = peak_flops(devices[0], config.model.dtype)
-  mem = memory_figures(jax_runner.compiled)
   row = {
       "run": label or config.model.name, "device": getattr(devices[0], "device_kind", devices[0].platform),
       "num_devices": len(devices), "dtype": config.model.dtype, "attention": config.model.attention_impl,
       "remat": config.model.remat, "scan": bool(config.model.scan_layers), "per_device_batch": per_device,
       "tokens_per_clip": dims.num_tokens, "num_context": dims.num_context, "num_target": dims.num_target,
-      "compile_s": jax_runner.lower_s + jax_runner.compile_s, "step_ms": 1e3 * step_s,
-      "step_ms_p10_p90": [1e3 * float(np.percentile(jax_times, q)) for q in (10, 90)],
-      "clips_per_s": per_device / step_s, "tokens_per_s": per_device * dims.num_tokens / step_s,
-      "flops_per_step": flops, "tflops_per_s": flops / step_s / 1e12,
-      "mfu": None if peak is None else flops / step_s / peak,
-      "compiled_peak_bytes": mem.get("peak"), "memory": mem,
-      "device_peak_bytes": device_peak_bytes(devices[0]) if devices[0].platform != "cpu" else None,
-      "jax_loss": jax_runner.last_loss, "steps_timed": len(jax_times),
+      "flops_per_step": flops, "compile_s": None, "step_ms": None, "clips_per_s": None, "tokens_per_s": None,
+      "tflops_per_s": None, "mfu": None, "compiled_peak_bytes": None, "device_peak_bytes": None,
   }
+  peak = peak_flops(devices[0], config.model.dtype)
+  if jax_runner:
+    jax_times = times[id(jax_runner)]
+    step_s = statistics.median(jax_times)
+    mem = memory_figures(jax_runner.compiled)
+    row.update({
+        "compile_s": jax_runner.lower_s + jax_runner.compile_s, "step_ms": 1e3 * step_s,
+        "step_ms_p10_p90": [1e3 * float(np.percentile(jax_times, q)) for q in (10, 90)],
+        "clips_per_s": per_device / step_s, "tokens_per_s": per_device * dims.num_tokens / step_s,
+        "tflops_per_s": flops / step_s / 1e12, "mfu": None if peak is None else flops / step_s / peak,
+        "compiled_peak_bytes": mem.get("peak"), "memory": mem,
+        "device_peak_bytes": device_peak_bytes(devices[0]) if devices[0].platform != "cpu" else None,
+        "jax_loss": jax_runner.last_loss, "steps_timed": len(jax_times),
+    })
   if torch_runner:
+    torch_times = times[id(torch_runner)]
     torch_s = statistics.median(torch_times)
-    row.update(torch_step_ms=1e3 * torch_s, speedup=torch_s / step_s, torch_loss=torch_runner.last_loss,
+    row.update(torch_step_ms=1e3 * torch_s, torch_loss=torch_runner.last_loss,
                torch_step_ms_p10_p90=[1e3 * float(np.percentile(torch_times, q)) for q in (10, 90)])
+    if jax_runner:
+      row["speedup"] = torch_s / row["step_ms"] * 1e3
+    else:
+      row.update(run=row["run"] + " (torch only)", clips_per_s=per_device / torch_s,
+                 tokens_per_s=per_device * dims.num_tokens / torch_s, tflops_per_s=flops / torch_s / 1e12,
+                 mfu=None if peak is None else flops / torch_s / peak)
+      if torch_runner.device.type == "cuda":
+        row["device_peak_bytes"] = int(torch_runner.torch.cuda.max_memory_allocated())
   return row
 
 
@@ -485,6 +500,7 @@ def main(argv=None) -> int:
   p.add_argument("--warmup", type=int, default=3, help="untimed steps after compile")
   p.add_argument("--rounds", type=int, default=3, help="interleaved JAX/torch timing blocks")
   p.add_argument("--compare-torch", action="store_true", help="also time the PyTorch eager step")
+  p.add_argument("--torch-only", action="store_true", help="time only the PyTorch step (separate process on GPU)")
   p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads on CPU (0: torch default)")
   p.add_argument("--label", default="", help="name of the run in the table")
   p.add_argument("--json", default="", help="append the row as one JSON line to this file")
@@ -496,7 +512,8 @@ def main(argv=None) -> int:
             attention=args.attention, remat=args.remat, scan=args.scan, size=parse_size(args.size),
             mesh_shape=(-1, 1, 1))
   row = run_benchmark(config, steps=args.steps, warmup=args.warmup, compare_torch=args.compare_torch,
-                      rounds=args.rounds, label=args.label, torch_threads=args.torch_threads)
+                      rounds=args.rounds, label=args.label, torch_threads=args.torch_threads,
+                      torch_only=args.torch_only)
   if not args.no_header:
     print(markdown_header())
   print(markdown_row(row), flush=True)

@@ -1,0 +1,62 @@
+"""The benchmarks run and report sane figures: a two-step train-step row, analytic FLOPs that agree with XLA's count,
+and an ahead-of-time TPU compile of the demo step with memory figures. Timings are never asserted."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+TINY_SIZE = "embed=64,depth=2,heads=2,crop=64,frames=4,pred_depth=1,pred_embed=32"
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+  return _load("train_step")
+
+
+def test_benchmark_runs_two_steps_and_prints_a_row(bench, capsys, tmp_path):
+  out = tmp_path / "rows.jsonl"
+  assert bench.main(["--config=configs/demo.py", f"--size={TINY_SIZE}", "--batch=4", "--dtype=float32",
+                     "--steps=2", "--warmup=0", "--rounds=1", "--label=tiny", f"--json={out}"]) == 0
+  lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| tiny ")]
+  assert len(lines) == 1, lines
+  cells = [c.strip() for c in lines[0].strip("|").split("|")]
+  assert len(cells) == len(bench.COLUMNS)
+  row = dict(zip(bench.COLUMNS, cells))
+  assert row["dtype"] == "float32" and row["B/dev"] == "4" and row["tokens"] == "32"
+  assert float(row["step ms (median)"]) > 0 and float(row["GFLOP/step/dev"]) > 0
+  assert row["MFU"] == "n/a"  # no peak for a CPU
+  assert out.read_text().count("\n") == 1
+
+
+def test_analytic_flops_agree_with_xla_cost_analysis_on_an_unrolled_f32_step(bench):
+  """XLA counts a while-loop body once, so the step is unrolled (scan off); f32 so no converts blur the count."""
+  config = bench.load_config("configs/demo.py")
+  bench.configure(config, per_device_batch=4, num_devices=1, dtype="float32", scan=False,
+                  size=bench.parse_size(TINY_SIZE), mesh_shape=(1, 1, 1))
+  setup = bench.build_step(config, devices=jax.devices()[:1])
+  compiled, _, _ = bench.compile_step(setup)
+  cost = compiled.cost_analysis()
+  xla_flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+  analytic = bench.analytic_step_flops(bench.model_dims(config, setup.specs), 4)
+  print(f"analytic {analytic:.4g} vs XLA {xla_flops:.4g}: ratio {analytic / xla_flops:.3f}")
+  assert analytic == pytest.approx(xla_flops, rel=0.10)
+
+
+def test_demo_step_compiles_for_a_v5e_topology_with_memory_analysis():
+  if importlib.util.find_spec("libtpu") is None:
+    pytest.skip("libtpu is not installed (pip install 'libtpu==0.0.42.*'): no compile-only TPU topologies")
+  plan = _load("memory_plan")
+  row = plan.plan_one("demo", "v5e", per_device_batch=1, remat="none")
+  assert row["fits"] and row["devices"] == 8 and row["fsdp"] == 8
+  assert row["argument_gib"] > 0 and 0 < row["peak_gib"] < row["hbm_gib"]
