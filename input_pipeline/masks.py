@@ -215,6 +215,23 @@ def check_feasible(spec: MaskGeneratorSpec, grid: Sequence[int], index: int = 0,
         f"alone {ctx_rate:.1%}, targets alone {tgt_rate:.1%}; {_MIN_SUCCESS_RATE:.1%} needed). Lower {advice} (0 derives the official-statistics default).")
 
 
+def _feasible_default(spec: MaskGeneratorSpec, grid, derived: tuple[bool, bool]) -> MaskGeneratorSpec:
+  """Lowers derived counts by 10% steps until the block geometry reaches them.
+
+  With a small per-device batch the official batch minimum is close to the per-sample mean, which the harder block
+  shapes rarely reach; a fixed count there would re-draw nearly forever. Counts set in the config are never changed.
+  """
+  for _ in range(40):
+    try:
+      check_feasible(spec, grid)
+      return spec
+    except ValueError:
+      spec = dataclasses.replace(
+          spec, num_context=max(1, int(spec.num_context * 0.9)) if derived[0] else spec.num_context,
+          num_target=max(1, int(spec.num_target * 0.9)) if derived[1] else spec.num_target)
+  return spec
+
+
 def mask_specs_from_config(config, per_device_batch: int) -> list[MaskGeneratorSpec]:
   """One spec per generator from config.mask, with 0 counts derived for this per-device batch, validated."""
   m, model = config.mask, config.model
@@ -251,8 +268,9 @@ def mask_specs_from_config(config, per_device_batch: int) -> list[MaskGeneratorS
       raise ValueError(f"config.mask.num_blocks[{i}]={spec.num_blocks} must be at least 1.")
     if spec.num_context == 0 or spec.num_target == 0:
       num_context, num_target = derive_token_counts(spec, grid, per_device_batch)
-      spec = dataclasses.replace(spec, num_context=spec.num_context or num_context,
-                                 num_target=spec.num_target or num_target)
+      spec = _feasible_default(dataclasses.replace(spec, num_context=spec.num_context or num_context,
+                                                   num_target=spec.num_target or num_target),
+                               grid, derived=(m.num_context[i] == 0, m.num_target[i] == 0))
     check_feasible(spec, grid, index=i)
     specs.append(spec)
   return specs
