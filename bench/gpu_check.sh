@@ -8,7 +8,7 @@
 #   bash bench/gpu_check.sh --dry-run  # print the commands only
 #
 # Environment: PYTHON (default python3), GPU_DEPS (a folder prepended to PYTHONPATH, for pure-python packages the
-# machine lacks: flax, optax, ml_collections), STEPS (timed steps, default 8), RUN_TIMEOUT (seconds per run,
+# machine lacks: flax, optax, ml_collections), STEPS (timed steps, default 20), RUN_TIMEOUT (seconds per run,
 # default 95: five runs stay under 8 minutes), BENCH_ARGS (model arguments; default the ViT-L/16 ones).
 set -u -o pipefail
 
@@ -19,7 +19,7 @@ fi
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
-STEPS="${STEPS:-8}"
+STEPS="${STEPS:-20}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-95}"
 RESULTS="${OUT:-$REPO/bench/results}"
 TABLE="$RESULTS/gpu_check.md"
@@ -27,7 +27,7 @@ JSONL="$RESULTS/gpu_check.jsonl"
 LOG="$RESULTS/gpu_check.log"
 # BENCH_ARGS replaces the model arguments, e.g. for a CPU smoke run of this script with a tiny model.
 read -r -a MODEL_ARGS <<< "${BENCH_ARGS:---config=configs/vitl16.py --batch=24 --dtype=bfloat16 --scan=1}"
-COMMON=(bench/train_step.py "${MODEL_ARGS[@]}" "--steps=$STEPS" --warmup=2 --rounds=1 --no-header "--json=$JSONL")
+COMMON=(bench/train_step.py "${MODEL_ARGS[@]}" "--steps=$STEPS" --warmup=3 --rounds=1 --no-header "--json=$JSONL")
 
 if [[ -n "${GPU_DEPS:-}" ]]; then
   export PYTHONPATH="$GPU_DEPS${PYTHONPATH:+:$PYTHONPATH}"
