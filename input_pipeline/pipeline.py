@@ -1,16 +1,18 @@
 """grain assembly of the host input pipeline (DESIGN.md "Data flow"; reference §5).
 
   MapDataset.source(ClipIndex).shuffle(seed).repeat()      (or WeightedOrder with mixture weights)
-    [process_index::process_count]                          disjoint per-process slices that cover the data
     .random_map(DecodeClip)                                 PyAV, official frame indices; bad files replaced
     .random_map(Augment)                                    random resized crop + flip, uint8
     .batch(local_batch, drop_remainder=True)
+    [process_index::process_count]                          this process's rows of each global batch
     .random_map(AddMasks(mask_fn))                          int32 token indices per mask generator
     .to_iter_dataset() .mp_prefetch(num_workers)            decoding and masks in worker processes
     .map(count_skips)                                       main process: skipped-file counter for the logs
 
-Everything random uses grain's per-element generators, seeded from (seed, process_index, stage), so the stream is
-a function of (seed, position): a restored iterator state yields exactly the same following batches.
+Everything random uses grain's per-element generators, seeded from (seed, stage) and the element's position in
+the global stream, so the stream is a function of (seed, position): a restored iterator state yields exactly the
+same following batches, and the global batch is the same whatever the number of processes (global batch i is the
+chunks i*P .. i*P+P-1 of local size; masks are drawn for the whole global batch and each process keeps its rows).
 
 A batch is {'clips': uint8 [B, T, H, W, 3], 'labels': int32 [B]} plus what mask_fn returns (e.g. 'context_masks'
 and 'target_masks', tuples of int32 [B, K]).
@@ -105,14 +107,22 @@ class Augment(grain.transforms.RandomMap):
 
 
 class AddMasks(grain.transforms.RandomMap):
-  """Merges mask_fn(batch_size, rng)'s int32 index arrays into the batch (input_pipeline/masks.py provides it)."""
+  """Merges this process's rows of mask_fn(global_batch, rng)'s int32 index arrays into the batch.
 
-  def __init__(self, mask_fn: MaskFn, batch_size: int):
+  The masks are drawn for the whole global batch (one block shape per batch and generator, as the official
+  collator) from a generator every process seeds alike, so a multi-process run trains on exactly the masks of a
+  single-process run. Drawing them is cheap next to decoding.
+  """
+
+  def __init__(self, mask_fn: MaskFn, global_batch_size: int, local_batch_size: int, process_index: int):
     self.mask_fn = mask_fn
-    self.batch_size = batch_size
+    self.global_batch_size = global_batch_size
+    self.rows = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
 
   def random_map(self, batch: dict, rng: np.random.Generator) -> dict:
-    return {**batch, **self.mask_fn(self.batch_size, rng)}
+    masks = self.mask_fn(self.global_batch_size, rng)
+    return {**batch, **{k: tuple(m[self.rows] for m in v) if isinstance(v, tuple) else v[self.rows]
+                        for k, v in masks.items()}}
 
 
 class _EvalTransform(grain.transforms.RandomMap):
@@ -183,13 +193,15 @@ def make_pretrain_dataset(config, *, mask_fn: MaskFn, global_batch_size: int | N
     raise ValueError("pretraining takes one clip per video (data.num_clips=1)")
 
   index = sources.ClipIndex(data.datasets, data.datasets_weights)
-  ds = sharded_records(index, seed=seed, process_index=process_index, process_count=process_count)
+  ds = sharded_records(index, seed=seed)
   ds = ds.random_map(DecodeClip(index, sampling, max_failure_fraction=float(data.max_failure_fraction)),
-                     seed=_seed(seed, process_index, 1))
+                     seed=_seed(seed, 0, 1))
   ds = ds.random_map(Augment(config.model.crop_size, data.random_resize_scale, data.random_resize_aspect_ratio,
-                             data.horizontal_flip), seed=_seed(seed, process_index, 2))
-  ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.random_map(AddMasks(mask_fn, local_batch), seed=_seed(seed, process_index, 3))
+                             data.horizontal_flip), seed=_seed(seed, 0, 2))
+  # Local-size chunks of the global stream; process k takes chunks k, k + P, ...: rows k*b .. (k+1)*b - 1 of each
+  # global batch. Lazy: a process decodes only its own chunks.
+  ds = ds.batch(local_batch, drop_remainder=True)[process_index::process_count]
+  ds = ds.random_map(AddMasks(mask_fn, global_batch_size, local_batch, process_index), seed=_seed(seed, 0, 3))
   ds = _to_iter(ds, num_workers, int(data.get("prefetch_buffer", 2)))
   return ds.map(_count_skips)
 
