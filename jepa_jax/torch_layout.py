@@ -28,11 +28,15 @@ def _to_numpy(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def _is_list_layout(blocks: Mapping) -> bool:
+  return all(isinstance(k, int) or (isinstance(k, str) and k.isdigit()) for k in blocks)
+
+
 def unstack_layers(pure: Mapping[str, Any]) -> dict:
-  """Scanned layout (one stacked block per collection) -> list layout {i: block}."""
+  """Scanned layout (one stacked block per collection) -> list layout {i: block}; a list layout passes as is."""
   out = dict(pure)
   for name in BLOCK_COLLECTIONS:
-    if name in out:
+    if name in out and not _is_list_layout(out[name]):
       leaves = _flatten(out[name])
       depth = next(iter(leaves.values())).shape[0]
       out[name] = {i: _unflatten({k: _layer(v, i) for k, v in leaves.items()}) for i in range(depth)}
@@ -47,10 +51,11 @@ def _layer(x, i: int):
 
 
 def stack_layers(pure: Mapping[str, Any]) -> dict:
-  """List layout {i: block} -> scanned layout (each leaf stacked along a new leading axis)."""
+  """List layout {i: block} -> scanned layout (each leaf stacked along a new leading axis); a scanned layout passes
+  as is."""
   out = dict(pure)
   for name in BLOCK_COLLECTIONS:
-    if name in out:
+    if name in out and _is_list_layout(out[name]):
       blocks = [_flatten(out[name][i]) for i in sorted(out[name], key=int)]
       out[name] = _unflatten({k: np.stack([np.asarray(b[k]) for b in blocks]) for k in blocks[0]})
   return out

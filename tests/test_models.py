@@ -143,6 +143,7 @@ def test_scanned_and_unrolled_layers_compute_the_same_function(shared):
   np.testing.assert_allclose(_apply(scanned)(stacked, x), apply(params, x), rtol=0, atol=1e-6)
   # The layouts convert both ways without loss and export to the same official state_dict.
   back = torch_layout.unstack_layers(stacked)
+  assert torch_layout.stack_layers(stacked) == stacked and torch_layout.unstack_layers(back) == back  # idempotent
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), back, params))
   sd_scanned = torch_layout.to_torch_state_dict(stacked, scanned=True)
   sd_unrolled = torch_layout.to_torch_state_dict(params)
