@@ -145,7 +145,7 @@ def adam_state(opt_state):
   return found[0]
 
 
-def torch_optimizer_state(config, params: Mapping[str, Any], opt_state, step: int, dtype: str = "float32") -> dict:
+def torch_optimizer_state(config, opt_state, step: int, dtype: str = "float32") -> dict:
   """Our AdamW moments in the official torch.optim.AdamW state_dict layout (4 groups, integer param indices)."""
   import torch
   scanned = bool(config.model.scan_layers)
@@ -205,7 +205,7 @@ def export_checkpoint(workdir: str, out: str, *, step: Optional[int] = None, dty
   loss = _last_logged_loss(workdir, config.get("write_tag", "jepa"))
   ckpt = {m: {PREFIX + k: _to_tensor(v, dtype) for k, v in sd.items()} for m, sd in state_dicts.items()}
   ckpt.update({
-      "opt": (torch_optimizer_state(config, restored["params"], restored["opt_state"], at_step, dtype)
+      "opt": (torch_optimizer_state(config, restored["opt_state"], at_step, dtype)
               if with_optimizer else None),
       "scaler": None,
       "epoch": at_step // int(config.optim.ipe),

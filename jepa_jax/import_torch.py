@@ -101,7 +101,7 @@ def _check_backbone_file(path: str, ckpt: Mapping[str, Any], only_target: bool) 
         "encoder (official issue #43). Pass the pretrained backbone file (e.g. vitl16.pth.tar) instead.")
   wanted = ("target_encoder", "encoder") if only_target else export.MODULES
   have = [m for m in wanted if isinstance(ckpt.get(m), Mapping)]
-  if only_target and not have or not only_target and len(have) != len(wanted):
+  if (only_target and not have) or (not only_target and len(have) != len(wanted)):
     hint = "" if only_target or not any(isinstance(ckpt.get(m), Mapping) for m in ("encoder", "target_encoder")) \
         else "; for an encoder-only file pass --only_target"
     raise CheckpointFormatError(
