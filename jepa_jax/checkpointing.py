@@ -101,7 +101,9 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
     items = {_STATE: ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
+    # A checkpoint imported from PyTorch has no data position (neither does the official one): the stream
+    # then starts from its beginning.
+    if data_iterator is not None and (self.directory / str(step) / _DATA_ITER).exists():
       items[_DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored[_STATE]

@@ -81,6 +81,9 @@ def validate_masks(config, per_device_batch: int) -> None:
 def validate_pretrain_config(config, num_devices: int) -> int:
   """All checks for pretraining; returns the per-device batch."""
   validate_model(config.model)
+  _require(config.data.frames_per_clip == config.model.num_frames,
+           f"config.data.frames_per_clip={config.data.frames_per_clip} differs from config.model.num_frames="
+           f"{config.model.num_frames}; the encoder is built for the clip length, so set both to the same value.")
   per_device_batch = validate_batch(config, num_devices)
   validate_data(config.data)
   validate_masks(config, per_device_batch)

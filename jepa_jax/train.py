@@ -117,6 +117,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   else:
     state = train_state.create_train_state(config, tx, state_sh, seed=config.seed)
   start_step = int(jax.device_get(state["step"]))
+  if start_step >= total_steps:
+    logging.info("This run already finished (step %d of %d); nothing to do.", start_step, total_steps)
+    ckpt.close()
+    return {}
 
   # --- Compile once: static shapes, donated state ---
   batch_sh = sharding.batch_sharding(mesh)
@@ -141,48 +145,48 @@ def train_and_evaluate(config, workdir: str) -> dict:
   profiler = profiling.ProfilerWindow(workdir, config.profile_steps, enabled=is_primary)
   last_metrics, window_start, window_steps = {}, time.perf_counter(), 0
   step = start_step
-  while step < total_steps:
-    profiler.maybe_start(step)
-    local = next(data_iter)
-    batch = sharding.host_local_batch_to_global(local, mesh)
-    state, metrics = compiled(state, batch)
-    step += 1
-    window_steps += 1
-    profiler.maybe_stop(step, sync=metrics["loss"])
+  try:
+    while step < total_steps:
+      profiler.maybe_start(step)
+      local = next(data_iter)
+      batch = sharding.host_local_batch_to_global(local, mesh)
+      state, metrics = compiled(state, batch)
+      step += 1
+      window_steps += 1
+      profiler.maybe_stop(step, sync=metrics["loss"])
 
-    stopping = ckpt.should_stop(step)
-    if step % config.log_every == 0 or step == total_steps or ckpt.should_save(step) or stopping:
-      metrics = jax.device_get(metrics)  # The one host sync: at log steps only.
-      if not np.isfinite(metrics["loss"]):
-        ckpt.wait()
-        raise NonFiniteLossError(
-            f"loss is {metrics['loss']} at step {step}; stopping. The last good checkpoint (step "
-            f"{ckpt.latest_step()}) is kept in {workdir / 'checkpoints'}. Lower config.optim.lr or check the data.")
-      elapsed = time.perf_counter() - window_start
-      step_time = elapsed / window_steps
-      clips_per_s = config.data.batch_size / step_time
-      last_metrics = {
-          **{k: float(v) for k, v in metrics.items()},
-          "wall_time_ms": step_time * 1e3,
-          "clips_per_s": clips_per_s,
-          "tokens_per_s_per_device": clips_per_s * tokens_per_clip / num_devices,
-          "mfu": metrics_lib.mfu(flops_per_step, step_time, num_devices, device_kind),
-          "skipped_videos": pipeline.skipped_files(),
-      }
-      writer.write(step, last_metrics, ipe=config.optim.ipe)
-      progress.update(step, last_metrics)
-      window_start, window_steps = time.perf_counter(), 0
+      stopping = ckpt.should_stop(step)
+      if step % config.log_every == 0 or step == total_steps or ckpt.should_save(step) or stopping:
+        metrics = jax.device_get(metrics)  # The one host sync: at log steps only.
+        if not np.isfinite(metrics["loss"]):
+          raise NonFiniteLossError(
+              f"loss is {metrics['loss']} at step {step}; stopping. The last good checkpoint (step "
+              f"{ckpt.latest_step()}) is kept in {workdir / 'checkpoints'}. Lower config.optim.lr or check the data.")
+        elapsed = time.perf_counter() - window_start
+        step_time = elapsed / window_steps
+        clips_per_s = config.data.batch_size / step_time
+        last_metrics = {
+            **{k: float(v) for k, v in metrics.items()},
+            "wall_time_ms": step_time * 1e3,
+            "clips_per_s": clips_per_s,
+            "tokens_per_s_per_device": clips_per_s * tokens_per_clip / num_devices,
+            "mfu": metrics_lib.mfu(flops_per_step, step_time, num_devices, device_kind),
+            "skipped_videos": pipeline.skipped_files(),
+        }
+        writer.write(step, last_metrics, ipe=config.optim.ipe)
+        progress.update(step, last_metrics)
+        window_start, window_steps = time.perf_counter(), 0
 
-    if ckpt.should_save(step) or stopping or step == total_steps:
-      ckpt.save(step, state, data_iterator=data_iter, config=config, force=True)
-      if stopping:
-        logging.warning("Preemption signal received: saved step %d and stopping.", step)
-        break
-
-  ckpt.wait()
-  ckpt.close()
-  writer.close()
-  progress.close()
+      if ckpt.should_save(step) or stopping or step == total_steps:
+        ckpt.save(step, state, data_iterator=data_iter, config=config, force=True)
+        if stopping:
+          logging.warning("Preemption signal received: saved step %d and stopping.", step)
+          break
+  finally:  # A crash or a NaN stop still finishes the last save and flushes the logs.
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    progress.close()
   return last_metrics
 
 

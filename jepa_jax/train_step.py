@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -20,8 +21,8 @@ from jepa_jax import optim
 from jepa_jax import schedules
 
 # ImageNet statistics in the 0..255 range: the clip leaves the host as uint8 (4x fewer bytes than float32).
-_MEAN = jnp.array([0.485, 0.456, 0.406], jnp.float32) * 255.0
-_STD = jnp.array([0.229, 0.224, 0.225], jnp.float32) * 255.0
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
+_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
 _BATCH_AXES = ("data", "fsdp")
 
 

@@ -14,6 +14,7 @@ def tiny_config(**overrides):
   config.model.depth = 2
   config.model.num_heads = 2
   config.model.num_frames = 4
+  config.data.frames_per_clip = 4
   config.model.crop_size = 64
   config.model.pred_depth = 1
   config.model.pred_embed_dim = 16
