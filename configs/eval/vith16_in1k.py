@@ -1,0 +1,6 @@
+"""vith16 frozen attentive probe on in1k (official configs/evals/vith16_in1k*.yaml; reference 6.4)."""
+from configs.eval import base
+
+
+def get_config():
+  return base.get("vith16", "in1k")

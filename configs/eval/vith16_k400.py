@@ -1,0 +1,6 @@
+"""vith16 frozen attentive probe on k400 (official configs/evals/vith16_k400*.yaml; reference 6.4)."""
+from configs.eval import base
+
+
+def get_config():
+  return base.get("vith16", "k400")

@@ -1,0 +1,6 @@
+"""vitl16 frozen attentive probe on in1k (official configs/evals/vitl16_in1k*.yaml; reference 6.4)."""
+from configs.eval import base
+
+
+def get_config():
+  return base.get("vitl16", "in1k")
