@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,7 +13,6 @@ from input_pipeline import synthetic
 from input_pipeline import video
 from jepa_jax import checkpointing
 from jepa_jax import metrics
-from jepa_jax import optim
 from jepa_jax import train_state
 from jepa_jax import visualize
 from jepa_jax.visualize import masks as mask_pictures
@@ -84,15 +84,18 @@ def _png_size(path):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  """A tiny run's workdir: synthetic videos, config.json, one checkpoint (untrained) and a CSV of 5 steps."""
+  """A tiny run's workdir: synthetic videos, config.json, a checkpoint at step 5 and a CSV of 5 steps."""
   workdir = tmp_path_factory.mktemp("run")
   lists = synthetic.write_dataset(str(workdir / "videos"), 4, num_frames=24)
   config = tiny.tiny_config()
   config.data.synthetic_videos = 0
   config.data.datasets = (lists["motion_train"],)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  tx = optim.make_optimizer(config.optim)
-  state = train_state.state_from_params(train_state.init_params(config, seed=0), tx)
+  # Random params of the right tree (fast: no init compile); the pictures read only the target encoder.
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: (0.02 * rng.normal(size=s.shape)).astype(s.dtype),
+                        train_state.abstract_param_shapes(train_state.model_defs(config)))
+  state = {"step": np.int32(5), "params": params, "target_encoder": params["encoder"]}
   with checkpointing.Checkpointer(workdir, async_save=False) as ckpt:
     ckpt.save(5, state, config=config, force=True)
   with metrics.MetricsWriter(workdir, is_primary=True, ipe=config.optim.ipe) as writer:
