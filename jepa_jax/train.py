@@ -28,6 +28,7 @@ from jepa_jax import sharding
 from jepa_jax import synthetic_data
 from jepa_jax import train_state
 from jepa_jax import train_step as train_step_lib
+from jepa_jax import visualize
 from jepa_jax.progress import ProgressBar
 
 
@@ -179,6 +180,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
       if ckpt.should_save(step) or stopping or step == total_steps:
         ckpt.save(step, state, data_iterator=data_iter, config=config, force=True)
+        if is_primary:
+          visualize.write_curves(workdir)
         if stopping:
           logging.warning("Preemption signal received: saved step %d and stopping.", step)
           break
@@ -187,6 +190,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.close()
     writer.close()
     progress.close()
+  if is_primary and config.visualize_at_end and step >= total_steps:
+    for name, path in visualize.write_run_pictures(workdir, config).items():
+      print(f"{name}: {path}")
   return last_metrics
 
 
