@@ -44,7 +44,7 @@ from jepa_jax import sharding
 from jepa_jax import torch_layout
 from jepa_jax.models import build_encoder
 from jepa_jax.models.probe import AttentiveClassifier
-from jepa_jax.probe_optim import make_probe_optimizer
+from jepa_jax.probe_optim import make_probe_optimizer, probe_lr_schedule
 from jepa_jax.progress import ProgressBar
 from jepa_jax.train_step import normalize_clips
 
@@ -570,20 +570,23 @@ def probe_and_evaluate(config, workdir: str) -> dict:
       csv.writer(f).writerow(CSV_COLUMNS)
   progress = ProgressBar(total=train_geo[2] * int(e.epochs), enabled=is_primary, desc="probe")
   best, history, step = None, [], 0
+  lr_at = probe_lr_schedule(float(e.lr), float(e.get("final_lr", 0.0)), train_geo[2] * int(e.epochs))
+  last_loss = float("nan")  # the progress bar shows the previous epoch's mean loss: no per-step host sync
   t0 = time.perf_counter()
   try:
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
       for epoch in range(int(e.epochs)):
         def tick():
           nonlocal step
+          progress.update(step + 1, {"loss": last_loss, "lr": float(lr_at(step)),
+                                     "clips_per_s": (step + 1) * probe_batch / max(time.perf_counter() - t0, 1e-9)})
           step += 1
-          progress.update(step, {"loss": float("nan"), "lr": 0.0,
-                                 "clips_per_s": step * probe_batch / max(time.perf_counter() - t0, 1e-9)})
         params, opt_state, train_m = run_epoch_train(
             probe, params, opt_state,
             _token_batches(train_split, epoch, train_geo, mesh, feature_fn, enc_params, attend), tick)
         val_m = run_eval(probe, params,
                          _token_batches(val_split, 0, val_geo, mesh, feature_fn, enc_params, attend))
+        last_loss = train_m["loss"]
         row = {"epoch": epoch + 1, **train_m, **val_m}
         history.append(row)
         progress.write(f"[probe] epoch {epoch + 1}: loss {train_m['loss']:.4f} train {train_m['train_acc']:.2f}% "
