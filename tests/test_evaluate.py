@@ -239,3 +239,22 @@ def test_probe_run_end_to_end_writes_csv_best_probe_and_report(data, tmp_path):
   restored = evaluate.load_probe(str(tmp_path / "probe_best"), params)
   assert set(restored) == {"pooler", "linear"}
   assert restored["pooler"]["query_tokens"].shape == (1, 1, 32)
+
+
+def test_image_probe_end_to_end_on_an_image_folder(tmp_path, data):
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 3), ("val", 2)):
+    for cls in ("cat", "dog"):
+      (tmp_path / "images" / split / cls).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / split / cls / f"{i}.png")
+  config = eval_config(data / "pretrain", data / "videos", task="image", image_folder=str(tmp_path / "images"),
+                       num_classes=3, epochs=1, batch_size=4)
+  with pytest.raises(evaluate.EvalConfigError, match="2 classes"):
+    evaluate.validate_eval_config(config)
+  config.eval.num_classes = 2
+  report = evaluate.probe_and_evaluate(config, str(tmp_path / "run"))
+  assert report["num_val_examples"] == 4
+  assert 0 <= report["final_val_acc_top1"] <= 100 and report["final_val_acc_top5"] == 100.0
