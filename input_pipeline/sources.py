@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Sequence
 
+from etils import epath
 import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
@@ -22,9 +23,10 @@ def read_file_list(path: str) -> tuple[list[str], list[int]]:
   """An official list: `path label` per line, space separated, no header (pandas read_csv(header=None, ' ')).
 
   A path may itself contain spaces: the label is the last field. Lines without a label get 0.
+  The list and the paths in it may be on an object store (gs://...).
   """
   paths, labels = [], []
-  with open(path) as f:
+  with epath.Path(path).open() as f:
     for line in f:
       line = line.strip()
       if not line:
@@ -48,14 +50,14 @@ def _is_int(s: str) -> bool:
 
 
 def write_file_list(path: str, paths: Sequence[str], labels: Sequence[int]) -> None:
-  with open(path, "w") as f:
+  with epath.Path(path).open("w") as f:
     for p, label in zip(paths, labels):
       f.write(f"{p} {int(label)}\n")
 
 
 def list_directory(directory: str) -> list[str]:
   """Video files directly under `directory`, sorted so every process sees the same order."""
-  names = sorted(n for n in os.listdir(directory) if n.lower().endswith(VIDEO_EXTENSIONS))
+  names = sorted(p.name for p in epath.Path(directory).iterdir() if p.name.lower().endswith(VIDEO_EXTENSIONS))
   return [os.path.join(directory, n) for n in names]
 
 
@@ -75,10 +77,10 @@ class ClipIndex:
     self.labels: list[int] = []
     self.dataset_sizes: list[int] = []
     for d in datasets:
-      if os.path.isdir(d):
+      if epath.Path(d).is_dir():
         paths = list_directory(d)
         labels = [0] * len(paths)
-      elif os.path.isfile(d):
+      elif epath.Path(d).is_file():
         paths, labels = read_file_list(d)
       else:
         raise FileNotFoundError(f"dataset {d!r} is neither a file list nor a directory")

@@ -6,17 +6,21 @@ keyframes, so we seek to the keyframe before the first wanted frame, decode forw
 to RGB and stop after the last one. Frame i is the i-th frame in presentation order, as in decord, which keeps the
 index rule exact for B-frames and variable frame rates.
 
+Paths may be URLs (gs://...): such files are read through a seekable file object (jepa_jax.storage.open_read).
+
 Every way a file can be unusable raises `VideoDecodeError(path, reason)`, so the pipeline can skip it, count it and
 draw another sample instead of crashing or looping.
 """
 import bisect
+import contextlib
 import dataclasses
 import math
-import os
 from typing import Sequence
 
 import av
 import numpy as np
+
+from jepa_jax import storage
 
 MIN_FILE_BYTES = 1024  # official: smaller files are rejected ("avoid hanging issue"), reference §5.3.
 MAX_FILE_BYTES = 10**9  # official filter_long_videos default.
@@ -123,28 +127,39 @@ class _FrameTable:
 
 
 def _check_file(path: str, max_bytes: int) -> None:
-  if not os.path.exists(path):
+  size = storage.file_size(path)
+  if size is None:
     raise VideoDecodeError(path, "missing file")
-  size = os.path.getsize(path)
   if size < MIN_FILE_BYTES:
     raise VideoDecodeError(path, f"file too small ({size} bytes)")
   if size > max_bytes:
     raise VideoDecodeError(path, f"file too large ({size} bytes)")
 
 
+@contextlib.contextmanager
 def _open(path: str, threads: int):
+  """(container, stream), closed on exit. URLs (gs://...) are read through a file object; local paths by FFmpeg."""
+  file = None
   try:
-    container = av.open(path, metadata_errors="ignore")
+    if storage.is_remote(path):
+      file = storage.open_read(path)
+    container = av.open(file if file is not None else path, metadata_errors="ignore")
   except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+    if file is not None:
+      file.close()
     raise VideoDecodeError(path, f"cannot open: {e}") from None
-  if not container.streams.video:
+  try:
+    if not container.streams.video:
+      raise VideoDecodeError(path, "no video stream (audio-only?)")
+    stream = container.streams.video[0]
+    # Frame threads help a lone reader; one thread per worker process is cheaper when every core has a worker.
+    stream.codec_context.thread_count = threads
+    stream.codec_context.thread_type = "FRAME" if threads != 1 else "SLICE"
+    yield container, stream
+  finally:
     container.close()
-    raise VideoDecodeError(path, "no video stream (audio-only?)")
-  stream = container.streams.video[0]
-  # Frame threads help a lone reader; one thread per worker process is cheaper when every core has a worker.
-  stream.codec_context.thread_count = threads
-  stream.codec_context.thread_type = "FRAME" if threads != 1 else "SLICE"
-  return container, stream
+    if file is not None:
+      file.close()
 
 
 def _frame_table(path, container, stream) -> _FrameTable:
@@ -227,26 +242,20 @@ def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int
 def video_info(path: str) -> tuple[int, float | None]:
   """(number of frames, average fps) from packet headers; raises VideoDecodeError for unusable files."""
   _check_file(path, MAX_FILE_BYTES)
-  container, stream = _open(path, 1)
-  try:
+  with _open(path, 1) as (container, stream):
     table = _frame_table(path, container, stream)
-  finally:
-    container.close()
   return len(table.pts), table.avg_fps
 
 
 def decode_frames(path: str, indices: Sequence[int], *, threads: int = 1) -> np.ndarray:
   """Frames at the given presentation-order indices (repeats allowed), uint8 [len(indices), H, W, 3] RGB."""
   _check_file(path, MAX_FILE_BYTES)
-  container, stream = _open(path, threads)
-  try:
+  with _open(path, threads) as (container, stream):
     table = _frame_table(path, container, stream)
     bad = [i for i in indices if not 0 <= int(i) < len(table.pts)]
     if bad:
       raise VideoDecodeError(path, f"frame index {bad[0]} outside [0, {len(table.pts)})")
     frames = _decode_at(path, container, stream, table, indices)
-  finally:
-    container.close()
   return np.stack([frames[int(i)] for i in indices])
 
 
@@ -258,8 +267,7 @@ def load_clips(path: str, sampling: ClipSampling, rng: np.random.Generator, *,
   of the clips are decoded.
   """
   _check_file(path, sampling.filter_long_videos)
-  container, stream = _open(path, threads)
-  try:
+  with _open(path, threads) as (container, stream):
     table = _frame_table(path, container, stream)
     try:
       indices = clip_indices(len(table.pts), sampling, rng, table.avg_fps)
@@ -269,6 +277,4 @@ def load_clips(path: str, sampling: ClipSampling, rng: np.random.Generator, *,
     if flat.min() < 0:
       raise VideoDecodeError(path, f"too short: {len(table.pts)} frames for {sampling.num_clips} clips")
     frames = _decode_at(path, container, stream, table, flat)
-  finally:
-    container.close()
   return [np.stack([frames[int(i)] for i in idx]) for idx in indices], indices

@@ -2,7 +2,9 @@
 
 TensorBoard events are written with tensorboard's own EventFileWriter and protos, so no TensorFlow is needed.
 Only the primary process (JAX process 0) writes; the others get a writer whose calls do nothing, so the loop
-needs no `if` around logging.
+needs no `if` around logging. A workdir on an object store (gs://...) gets both files through a local staging
+folder uploaded whole at most every `sync_secs` and on flush()/close() (storage.MirroredDir): objects cannot be
+appended to.
 """
 import csv
 import os
@@ -13,6 +15,8 @@ from absl import logging
 import jax
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from jepa_jax import storage
 
 # (our metric name, CSV column). The first nine are the official CSVLogger columns, in its order (§4.5).
 COLUMNS = (
@@ -87,29 +91,37 @@ class MetricsWriter:
   'step' after the update, >= 1; also the TensorBoard x-axis). The logged update is the official 0-based
   iteration i = step - 1, so the official columns are epoch = i // ipe + 1 (1-based) and itr = i % ipe.
   A resumed run appends to the same CSV (no second header) and to a new event file in the same folder.
+  `csv_path` and `tb_dir` are where the files end up (on an object store, uploaded from a staging folder).
   """
 
-  def __init__(self, workdir, *, is_primary: Optional[bool] = None, write_tag: str = "jepa", ipe: int = 300):
+  def __init__(self, workdir, *, is_primary: Optional[bool] = None, write_tag: str = "jepa", ipe: int = 300,
+               sync_secs: float = 30.0):
     self.is_primary = jax.process_index() == 0 if is_primary is None else is_primary
     self.ipe = int(ipe)
-    self.csv_path = os.path.join(os.fspath(workdir), f"{write_tag}_r0.csv")
+    csv_name = f"{write_tag}_r0.csv"
+    self.csv_path = os.path.join(os.fspath(workdir), csv_name)
     self.tb_dir = os.path.join(os.fspath(workdir), "tensorboard")
-    self._file = self._csv = self._events = None
+    self._file = self._csv = self._events = self._mirror = None
     if not self.is_primary:
       return
-    os.makedirs(self.tb_dir, exist_ok=True)
-    resuming = os.path.exists(self.csv_path) and os.path.getsize(self.csv_path) > 0
+    local_csv, local_tb = self.csv_path, self.tb_dir
+    if storage.is_remote(workdir):
+      self._mirror = storage.MirroredDir(workdir, min_interval_s=sync_secs)
+      self._mirror.download(csv_name)  # a resumed run appends to it
+      local_csv, local_tb = self._mirror.local(csv_name), self._mirror.local("tensorboard")
+    os.makedirs(local_tb, exist_ok=True)
+    resuming = os.path.exists(local_csv) and os.path.getsize(local_csv) > 0
     if resuming:
-      with open(self.csv_path, newline="") as f:
+      with open(local_csv, newline="") as f:
         existing = next(csv.reader(f), [])
       if existing != HEADER:
         logging.warning("%s has columns %s; appending rows with %s", self.csv_path, existing, HEADER)
-    self._file = open(self.csv_path, "a", newline="")
+    self._file = open(local_csv, "a", newline="")
     self._csv = csv.writer(self._file)
     if not resuming:
       self._csv.writerow(HEADER)
       self._file.flush()
-    self._events = EventFileWriter(self.tb_dir, flush_secs=30)
+    self._events = EventFileWriter(local_tb, flush_secs=30)
 
   def write(self, step: int, metrics: Mapping[str, Optional[float]], *, ipe: Optional[int] = None):
     """Logs host scalars (names as in COLUMNS, either spelling; other names go to TensorBoard only)."""
@@ -126,17 +138,27 @@ class MetricsWriter:
         summary_pb2.Summary.Value(tag=f"train/{name}", simple_value=float(v))
         for name, v in values.items() if v is not None and name not in ("epoch", "itr")])
     self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+    self._sync(force=False)
+
+  def _sync(self, force: bool):
+    """Object-store workdirs: uploads the staged files (at most every sync_secs unless forced)."""
+    if self._mirror is not None and (force or self._mirror.due()):
+      self._events.flush()
+      self._mirror.sync(force=True)
 
   def flush(self):
     if self.is_primary:
       self._file.flush()
       self._events.flush()
+      self._sync(force=True)
 
   def close(self):
     if self.is_primary and self._file is not None:
       self._file.close()
       self._events.close()
-      self._file = self._events = None
+      if self._mirror is not None:
+        self._mirror.close()
+      self._file = self._events = self._mirror = None
 
   def __enter__(self):
     return self

@@ -1,10 +1,19 @@
-"""The demo's own data: synthetic videos written into WORKDIR/data on the first run, reused afterwards."""
+"""The demo's own data: synthetic videos written into WORKDIR/data on the first run, reused afterwards.
+
+A workdir on an object store (gs://...) gets them written locally first and uploaded, with lists naming the
+uploaded copies.
+"""
 from __future__ import annotations
+
+import os
+import tempfile
 
 from absl import logging
 from etils import epath
 
+from input_pipeline import sources
 from input_pipeline import synthetic
+from jepa_jax import storage
 
 _DONE = "COMPLETE"
 
@@ -22,6 +31,24 @@ def ensure_synthetic_videos(config, workdir, *, is_primary: bool) -> list[str]:
   out = synthetic_dir(workdir)
   if is_primary and not (out / _DONE).exists():
     logging.info("Writing %d synthetic videos to %s ...", config.data.synthetic_videos, out)
-    synthetic.write_dataset(str(out), config.data.synthetic_videos, seed=config.seed)
+    if storage.is_remote(out):
+      with tempfile.TemporaryDirectory() as local:
+        lists = synthetic.write_dataset(local, config.data.synthetic_videos, seed=config.seed)
+        _upload(local, lists, out)
+    else:
+      synthetic.write_dataset(str(out), config.data.synthetic_videos, seed=config.seed)
     (out / _DONE).write_text("ok\n")
   return [str(out / "motion_train.csv")]
+
+
+def _upload(local: str, lists: dict, out: epath.Path) -> None:
+  """Copies a dataset written under `local` to an object store; the lists name the uploaded videos."""
+  videos = out / "videos"
+  videos.mkdir(parents=True, exist_ok=True)
+  for name in sorted(os.listdir(os.path.join(local, "videos"))):
+    with open(os.path.join(local, "videos", name), "rb") as f:
+      (videos / name).write_bytes(f.read())
+  for list_path in lists.values():
+    paths, labels = sources.read_file_list(list_path)
+    remote_paths = [str(videos / os.path.basename(p)) for p in paths]
+    sources.write_file_list(str(out / os.path.basename(list_path)), remote_paths, labels)
