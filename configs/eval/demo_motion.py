@@ -2,9 +2,9 @@
 
   python -m jepa_jax.main --config=configs/eval/demo_motion.py --workdir=PROBE_DIR --config.pretrained=/tmp/demo
 (the lists default to PRETRAINED/data/motion_{train,val}.csv, which the demo pretraining writes). The model fields
-mirror configs/demo.py. Sizes shrink for a 2-core CPU. The training augmentation is lighter than the official one (no RandAugment, no
-random erasing, crop scale (0.5, 1)): with 77 training videos of 64 pixels, the official augmentation leaves a
-probe of a few hundred steps at chance even on features that carry the motion.
+mirror configs/demo.py. Sizes shrink for a 2-core CPU. The training augmentation is lighter than the official
+one (no RandAugment, no random erasing, no random crop): with 77 training videos of 64 pixels, the official
+augmentation leaves a probe of a few hundred steps at chance even on features that carry the motion.
 """
 from configs import demo
 from configs.eval import base
@@ -26,7 +26,7 @@ def get_config():
   e.resolution = pretrain.model.crop_size
   e.batch_size = 4
   e.epochs = 15
-  e.random_resize_scale = (0.5, 1.0)
+  e.random_resize_scale = (1.0, 1.0)
   e.auto_augment = False
   e.reprob = 0.0
   e.num_workers = 0
