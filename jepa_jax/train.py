@@ -12,6 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 from etils import epath
+from flax import nnx
 from jax.experimental import multihost_utils
 
 from input_pipeline import masks as masks_lib
@@ -130,7 +131,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding.replicated(mesh)),
       donate_argnums=0)
   t0 = time.perf_counter()
-  with jax.set_mesh(mesh), _rules_context(rules):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     compiled = step_fn.lower(abstract, abstract_batch(config, specs, mesh)).compile()
   compile_s = time.perf_counter() - t0
   flops_per_step = flops_lib.train_step_flops_from_config(config, specs)["total"]
@@ -194,8 +195,3 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for name, path in visualize.write_run_pictures(workdir, config).items():
       print(f"{name}: {path}")
   return last_metrics
-
-
-def _rules_context(rules):
-  from flax import nnx
-  return nnx.logical_axis_rules(rules)

@@ -122,12 +122,12 @@ def loss_and_grads(params, target_params, batch, fns: StepFunctions):
 
   micro_batches = _split_micro_batches(batch, fns.grad_accum_steps)
 
-  def accumulate(carry, micro):
-    (loss, aux), grads = grad_fn(params, target_params, micro, fns)
-    return jax.tree.map(jnp.add, carry, ((loss, aux), grads)), None
+  def accumulate(total, micro):
+    return jax.tree.map(jnp.add, total, grad_fn(params, target_params, micro, fns)), None
 
-  zeros = jax.tree.map(jnp.zeros_like, ((jnp.zeros((), jnp.float32),
-                                         {"loss_jepa": jnp.zeros(()), "loss_reg": jnp.zeros(())}), params))
+  one_micro = jax.tree.map(lambda x: x[0], micro_batches)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       jax.eval_shape(lambda p, t, b: grad_fn(p, t, b, fns), params, target_params, one_micro))
   total, _ = jax.lax.scan(accumulate, zeros, micro_batches)
   return jax.tree.map(lambda x: x / fns.grad_accum_steps, total)
 

@@ -4,7 +4,7 @@ A local GCS emulator (gcp-storage-emulator, in memory, bound to 127.0.0.1 on a f
 API. gcsfs reaches it through STORAGE_EMULATOR_HOST (etils.epath uses fsspec/gcsfs for gs:// when TensorFlow is
 absent: orbax's directories, config and logs) and tensorstore through TENSORSTORE_GCS_HTTP_URL (orbax's arrays);
 credentials are anonymous and the GCE metadata server is never asked. Skipped when the optional packages of
-requirements-cloud.txt are not installed.
+requirements.txt are not installed.
 """
 import importlib.util
 import os
@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 for _module in ("gcsfs", "gcp_storage_emulator"):
   if importlib.util.find_spec(_module) is None:  # not imported here: gcsfs reads its settings when imported
-    pytest.skip(f"gs:// tests need {_module} (requirements-cloud.txt)", allow_module_level=True)
+    pytest.skip(f"gs:// tests need {_module} (pinned in requirements.txt)", allow_module_level=True)
 
 from etils import epath  # noqa: E402
 
