@@ -262,9 +262,9 @@ class JaxRunner:
   def __init__(self, setup: StepSetup, batches: list[dict], seed: int = 0):
     self.setup = setup
     self.compiled, self.lower_s, self.compile_s = compile_step(setup)
-    with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(sharding.logical_rules(setup.config.mesh)):
-      self.state = train_state.create_train_state(setup.config, optim.make_optimizer(setup.config.optim),
-                                                  setup.state_shardings, seed)
+    # Outside the mesh context, as jepa_jax/train.py does.
+    self.state = train_state.create_train_state(setup.config, optim.make_optimizer(setup.config.optim),
+                                                setup.state_shardings, seed)
     self.batches = [sharding.host_local_batch_to_global(b, setup.mesh) for b in batches]
     self.i = 0
     self.last_loss = float("nan")
