@@ -32,6 +32,7 @@ COLUMNS = (
     ("lr", "lr"),
     ("wd", "wd"),
     ("ema_momentum", "ema-momentum"),
+    ("target_std", "target-std"),
     ("clips_per_s", "clips/s"),
     ("tokens_per_s_per_device", "tokens/s-per-device"),
     ("mfu", "mfu"),

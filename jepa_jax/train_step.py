@@ -94,7 +94,10 @@ def jepa_loss(params, target_params, batch, fns: StepFunctions):
   loss_jepa = sum(losses) / len(losses)
   loss_reg = jnp.mean(jax.nn.relu(1.0 - sum(stds) / len(stds)))
   loss = loss_jepa + fns.reg_coeff * loss_reg
-  return loss, {"loss_jepa": loss_jepa, "loss_reg": loss_reg}
+  # Collapse watch: spread of the normalised targets over clips and tokens (~1 when features are diverse, -> 0 when
+  # the target encoder maps everything to one vector, which a falling loss alone does not reveal).
+  target_std = jnp.mean(jnp.std(targets, axis=(0, 1)))
+  return loss, {"loss_jepa": loss_jepa, "loss_reg": loss_reg, "target_std": target_std}
 
 
 def _split_micro_batches(batch, num_micro: int):
@@ -149,6 +152,7 @@ def train_step(state: dict, batch: dict, fns: StepFunctions) -> tuple[dict, dict
       "loss": loss,
       "loss_jepa": aux["loss_jepa"],
       "loss_reg": aux["loss_reg"],
+      "target_std": aux["target_std"],
       "lr": fns.learning_rate(step),
       "wd": fns.weight_decay(step),
       "ema_momentum": momentum,
