@@ -130,6 +130,10 @@ def run_grid(args) -> None:
                 f"({row['compile_s']:.0f} s)", flush=True)
 
 
+def _gib(row: dict, key: str) -> str:
+  return f"{row[key]:.2f}" if key in row else "-"
+
+
 def report(path: str) -> str:
   rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
   rows.sort(key=lambda r: (r["model"], r["hbm_gib"], r["remat"], r["per_device_batch"]))
@@ -139,8 +143,8 @@ def report(path: str) -> str:
     fits = "yes" if r["fits"] else ("no (needs %.1f GiB)" % r["required_gib"] if "required_gib" in r else "no")
     lines.append(f"| {r['model']} | {r['topology']} ({r['hbm_gib']} G) | {r['devices']} | {r['fsdp']} | "
                  f"{r['remat']} | {r['per_device_batch']} | {fits} | "
-                 f"{r.get('peak_gib', float('nan')):.2f} | {r.get('argument_gib', float('nan')):.2f} | "
-                 f"{r.get('temp_gib', float('nan')):.2f} | {r['compile_s']:.0f} |")
+                 f"{_gib(r, 'peak_gib')} | {_gib(r, 'argument_gib')} | {_gib(r, 'temp_gib')} | "
+                 f"{r['compile_s']:.0f} |")
   best = {}
   for r in rows:
     k = (r["model"], r["topology"], r["remat"])
