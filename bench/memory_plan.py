@@ -69,16 +69,16 @@ def topology_mesh(name: str, fsdp: int = 0) -> Mesh:
 
 
 def plan_one(model: str, topology: str, per_device_batch: int, remat: str, *, fsdp: int = 0,
-             dtype: str = "bfloat16", scan: bool = True, attention: str = "") -> dict:
+             dtype: str = "bfloat16", scan: bool = True, attention: str = "", size: str = "") -> dict:
   """Compiles one configuration; returns its memory figures, or fits=False with the compiler's OOM message."""
   mesh = topology_mesh(topology, fsdp)
   n = mesh.devices.size
   config = bench.load_config(MODELS.get(model, model))
   bench.configure(config, per_device_batch=per_device_batch, num_devices=n, dtype=dtype, attention=attention,
-                  remat=remat, scan=scan, mesh_shape=mesh.devices.shape)
+                  remat=remat, scan=scan, size=bench.parse_size(size), mesh_shape=mesh.devices.shape)
   row = {"model": model, "topology": topology, "devices": n, "hbm_gib": TOPOLOGIES[topology][2],
          "fsdp": mesh.shape["fsdp"], "data": mesh.shape["data"], "per_device_batch": per_device_batch,
-         "remat": remat, "dtype": dtype, "scan": scan, "attention": attention or "default"}
+         "remat": remat, "dtype": dtype, "scan": scan, "attention": attention or "default", "size": size}
   t0 = time.perf_counter()
   try:
     setup = bench.build_step(config, mesh=mesh)

@@ -271,6 +271,8 @@ class JaxRunner:
 
   def run(self, steps: int) -> list[float]:
     times = []
+    if steps <= 0:
+      return times
     for _ in range(steps):
       batch = self.batches[self.i % len(self.batches)]
       self.i += 1
@@ -369,6 +371,8 @@ class TorchRunner:
 
   def run(self, steps: int) -> list[float]:
     times = []
+    if steps <= 0:
+      return times
     for _ in range(steps):
       batch = self.batches[self.i % len(self.batches)]
       self.i += 1

@@ -54,10 +54,11 @@ def test_analytic_flops_agree_with_xla_cost_analysis_on_an_unrolled_f32_step(ben
 
 
 def test_demo_step_compiles_for_a_v5e_topology_with_memory_analysis():
+  """The demo config at the tiny test size (a full-size demo compile takes minutes on a shared 2-core box)."""
   if importlib.util.find_spec("libtpu") is None:
     pytest.skip("libtpu is not installed (pip install 'libtpu==0.0.42.*'): no compile-only TPU topologies")
   plan = _load("memory_plan")
-  row = plan.plan_one("demo", "v5e", per_device_batch=1, remat="none")
+  row = plan.plan_one("demo", "v5e", per_device_batch=4, remat="none", size=TINY_SIZE)
   assert row["fits"] and row["devices"] == 8 and row["fsdp"] == 8
   assert row["argument_gib"] > 0 and 0 < row["peak_gib"] < row["hbm_gib"]
 
