@@ -64,6 +64,10 @@ def train_step_flops_from_config(config, specs) -> dict:
   """train_step_flops for config.model and the mask generator specs (num_context, num_target), global batch."""
   model = config.model
   embed_dim, depth, mlp_hidden = MODEL_DIMS[model.name]
+  # config.model.embed_dim / depth > 0 override the zoo (the demo and test models); the MLP ratio stays the zoo's.
+  if model.get("embed_dim", 0):
+    mlp_hidden, embed_dim = mlp_hidden * model.embed_dim // embed_dim, model.embed_dim
+  depth = model.get("depth", 0) or depth
   num_tokens = (model.num_frames // model.tubelet_size) * (model.crop_size // model.patch_size) ** 2
   return train_step_flops(
       embed_dim=embed_dim, depth=depth, mlp_hidden=mlp_hidden, num_tokens=num_tokens,

@@ -18,6 +18,8 @@
 #   MODULE               jepa_jax.main      python -m MODULE
 #   LOG_DIR              a new temp folder  process i writes LOG_DIR/process_i.log
 #   KILL_ON_FAILURE      1                  1: when one process fails, stop the others (else they wait on it)
+#   GRACE_SECONDS        30                 after that stop (SIGTERM), SIGKILL what still runs: a worker blocked on
+#                                           a collective with a dead peer never exits by itself
 #   DRY_RUN              0                  1: print the commands, start nothing
 # It prints "process i: pid P, log FILE" for each process as it starts (a test can kill one by its pid), and the
 # last lines of the log of every process that failed.
@@ -28,6 +30,7 @@ DEVICES_PER_PROCESS="${DEVICES_PER_PROCESS:-2}"
 PYTHON="${PYTHON:-python}"
 MODULE="${MODULE:-jepa_jax.main}"
 KILL_ON_FAILURE="${KILL_ON_FAILURE:-1}"
+GRACE_SECONDS="${GRACE_SECONDS:-30}"
 DRY_RUN="${DRY_RUN:-0}"
 [[ "${NUM_PROCESSES}" =~ ^[1-9][0-9]*$ ]] || { echo "error: NUM_PROCESSES must be >= 1" >&2; exit 1; }
 [[ "${DEVICES_PER_PROCESS}" =~ ^[1-9][0-9]*$ ]] || { echo "error: DEVICES_PER_PROCESS must be >= 1" >&2; exit 1; }
@@ -58,11 +61,13 @@ fi
 LOG_DIR="${LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/local_multiprocess.XXXXXX")}"
 mkdir -p "${LOG_DIR}"
 pids=()
+stop_deadline=""
 stop_all() {
   local pid
   for pid in "${pids[@]}"; do
     kill "${pid}" 2>/dev/null || true
   done
+  [[ -n "${stop_deadline}" ]] || stop_deadline=$((SECONDS + GRACE_SECONDS))
 }
 trap 'stop_all; exit 130' INT TERM
 
@@ -98,6 +103,11 @@ while ((${#remaining[@]} > 0)); do
     fi
   done
   remaining=("${still[@]}")
+  if [[ -n "${stop_deadline}" ]] && ((SECONDS >= stop_deadline)); then
+    for i in "${remaining[@]}"; do
+      kill -9 "${pids[i]}" 2>/dev/null || true
+    done
+  fi
   ((${#remaining[@]} == 0)) || sleep 0.5
 done
 

@@ -55,9 +55,10 @@ def test_resumed_run_equals_uninterrupted_run(videos):
   assert len(set(a.values())) == 6  # every step saw a different batch
 
 
-def test_rerun_of_a_finished_run_trains_no_more(videos):
+def test_rerun_of_a_finished_run_trains_no_more_and_profile_is_written(videos):
   workdir = videos / "finished"
-  train.train_and_evaluate(loop_config(workdir, 3), str(workdir))
+  train.train_and_evaluate(loop_config(workdir, 3, profile_steps=(1, 2)), str(workdir))
+  assert any(p.is_file() for p in (workdir / "profile").rglob("*")), "no profiler trace written"
   last = train.train_and_evaluate(loop_config(workdir, 3), str(workdir))
   assert last == {}
   assert len(csv_losses(workdir)) == 3
@@ -128,21 +129,71 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(videos):
   assert checkpointing.Checkpointer(workdir).latest_step() == step + 2
 
 
+@pytest.fixture(scope="module")
+def single_process_losses(videos):
+  """4 steps in one process over 8 devices: the numbers every multi-process layout must reproduce."""
+  workdir = videos / "single"
+  result = subprocess.run(_main_command(workdir, videos / "videos" / "motion_train.csv", 4), cwd=ROOT, env=_env(8),
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return csv_losses(workdir)
+
+
+def _launch_local(videos, name, processes, devices, total_steps, extra=()):
+  """Starts `processes` workers exactly as launch/local_multiprocess.sh starts them; returns the Popen."""
+  env = _env(devices)
+  env.update(NUM_PROCESSES=str(processes), DEVICES_PER_PROCESS=str(devices), LOG_DIR=str(videos / f"{name}_logs"),
+             GRACE_SECONDS="10")
+  command = [os.path.join(ROOT, "launch", "local_multiprocess.sh")] + _main_command(
+      videos / name, videos / "videos" / "motion_train.csv", total_steps, extra)[3:]
+  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc, videos, name, timeout=900):
+  out, _ = proc.communicate(timeout=timeout)
+  logs = "".join(p.read_text()[-3000:] for p in sorted((videos / f"{name}_logs").glob("*.log")))
+  return proc.returncode, out + logs
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_match_one_process(videos):
-  data_list = videos / "videos" / "motion_train.csv"
-  single = videos / "single"
-  result = subprocess.run(_main_command(single, data_list, 4), cwd=ROOT, env=_env(8), capture_output=True,
-                          text=True, timeout=900)
-  assert result.returncode == 0, result.stderr[-3000:]
-  multi = videos / "multi"
-  env = _env(4)
-  env.update(NUM_PROCESSES="2", DEVICES_PER_PROCESS="4", LOG_DIR=str(videos / "mp_logs"))
-  launch = [os.path.join(ROOT, "launch", "local_multiprocess.sh")] + _main_command(multi, data_list, 4)[3:]
-  result = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-  logs = "".join(p.read_text() for p in (videos / "mp_logs").glob("*")) if (videos / "mp_logs").exists() else ""
-  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + logs[-4000:]
-  a, b = csv_losses(single), csv_losses(multi)
+def test_two_processes_of_four_devices_match_one_process(videos, single_process_losses):
+  code, logs = _finish(_launch_local(videos, "multi2x4", 2, 4, 4), videos, "multi2x4")
+  assert code == 0, logs[-6000:]
+  a, b = single_process_losses, csv_losses(videos / "multi2x4")
   assert len(a) == 4 and a.keys() == b.keys()
   np.testing.assert_allclose([b[k] for k in sorted(b)], [a[k] for k in sorted(a)], rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_four_workers_match_one_process_and_resume_after_one_is_killed(videos, single_process_losses):
+  code, logs = _finish(_launch_local(videos, "multi4x2", 4, 2, 4), videos, "multi4x2")
+  assert code == 0, logs[-6000:]
+  a, b = single_process_losses, csv_losses(videos / "multi4x2")
+  np.testing.assert_allclose([b[k] for k in sorted(b)], [a[k] for k in sorted(a)], rtol=1e-5)
+
+  # Train on; kill worker 2 once a new checkpoint exists; the launcher stops the others and fails.
+  proc = _launch_local(videos, "multi4x2", 4, 2, 10_000)
+  pids = {}
+  while len(pids) < 4:
+    line = proc.stdout.readline()
+    if line.startswith("process "):
+      index, pid = line.split(":")[0].split()[1], line.split("pid ")[1].split(",")[0]
+      pids[int(index)] = int(pid)
+  ckpt = checkpointing.Checkpointer(videos / "multi4x2")
+  deadline = time.time() + 600
+  while time.time() < deadline and (ckpt.all_steps() and max(ckpt.all_steps()) or 0) < 6:
+    time.sleep(1)
+    ckpt = checkpointing.Checkpointer(videos / "multi4x2")
+  os.kill(pids[2], signal.SIGKILL)
+  code, logs = _finish(proc, videos, "multi4x2", timeout=300)
+  assert code != 0
+  latest = checkpointing.Checkpointer(videos / "multi4x2").latest_step()
+  assert latest is not None and latest >= 6
+
+  # Restarting all workers with the same workdir resumes from the last complete checkpoint.
+  code, logs = _finish(_launch_local(videos, "multi4x2", 4, 2, latest + 2), videos, "multi4x2")
+  assert code == 0, logs[-6000:]
+  assert f"Resumed from step {latest}" in logs
+  assert checkpointing.Checkpointer(videos / "multi4x2").latest_step() == latest + 2
