@@ -110,5 +110,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every = 10
   config.profile_steps = (0, 0)  # (start, stop) > 0: write a profiler trace of these steps.
   config.write_tag = "jepa"
-  config.visualize_at_end = False
+  config.visualize_at_end = False  # write masks, features and curves pictures into the workdir at the end.
+  config.probe_at_end = False  # the demo: train the motion probe on this encoder and on a random one at the end.
   return config

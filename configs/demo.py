@@ -37,4 +37,5 @@ def get_config():
   config.checkpoint.every_steps = 100
   config.log_every = 10
   config.visualize_at_end = True
+  config.probe_at_end = True
   return config

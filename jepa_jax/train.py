@@ -5,7 +5,7 @@ The math of one step lives in train_step.py; this file only wires it to data, de
 from __future__ import annotations
 
 import functools
-import math
+import json
 import time
 
 import jax
@@ -191,7 +191,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpt.close()
     writer.close()
     progress.close()
-  if is_primary and config.visualize_at_end and step >= total_steps:
+  finished = step >= total_steps
+  if is_primary and config.visualize_at_end and finished:
     for name, path in visualize.write_run_pictures(workdir, config).items():
       print(f"{name}: {path}")
+  if config.probe_at_end and finished:
+    _report_demo_probe(workdir)
   return last_metrics
+
+
+def _report_demo_probe(workdir) -> None:
+  """The demo's proof that pretraining learned something: the same probe on our encoder and on a random one."""
+  from jepa_jax import evaluate  # Imported here: the probe code is only needed at the end of the demo.
+  accuracy = evaluate.demo_probe_report(str(workdir))
+  line = (f"motion probe, val top-1: pretrained encoder {accuracy['pretrained']:.1f}%, randomly initialised "
+          f"encoder {accuracy['random']:.1f}% (4 classes)")
+  logging.info(line)
+  if jax.process_index() == 0:
+    print(line)
+    (epath.Path(workdir) / "demo_probe.json").write_text(json.dumps(accuracy, indent=2))

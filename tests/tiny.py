@@ -23,6 +23,8 @@ def tiny_config(**overrides):
   config.optim.epochs = 10
   config.optim.warmup = 1
   config.mesh.shape = (-1, 1, 1)
+  config.visualize_at_end = False
+  config.probe_at_end = False
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split(".")
