@@ -27,8 +27,13 @@ os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "true")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_step as bench  # noqa: E402  (bench/train_step.py)
+import importlib.util  # noqa: E402
+
+# bench/train_step.py by path (bench/ is not a package; putting it on sys.path would shadow input_pipeline).
+_spec = importlib.util.spec_from_file_location("bench_train_step", Path(__file__).resolve().parent / "train_step.py")
+bench = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bench
+_spec.loader.exec_module(bench)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-  sys.path.insert(0, str(ROOT))
+# Run as a script, Python puts bench/ first on sys.path, where bench/input_pipeline.py (a benchmark) would shadow the
+# input_pipeline package: drop bench/ and put the repository root first.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
