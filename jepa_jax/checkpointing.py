@@ -48,7 +48,10 @@ def _config_to_json(config) -> Mapping[str, Any]:
 class Checkpointer:
   """Saves every `every_steps`, keeps the last `keep`, restores the latest complete step."""
 
-  def __init__(self, workdir_or_ckpt_dir, *, keep: int = 3, async_save: bool = True, every_steps: int = 1):
+  def __init__(self, workdir_or_ckpt_dir, *, keep: int = 3, async_save: bool = True, every_steps: int = 1,
+               read_only: bool = False):
+    """read_only: for readers (export, pictures, tests) beside a live run: they must not delete the run's
+    in-progress save, which a writable manager's start-up clean-up of temporary folders would do."""
     self.directory = _resolve_dir(workdir_or_ckpt_dir)
     self.every_steps = int(every_steps)
     self._sigterm = threading.Event()
@@ -56,8 +59,9 @@ class Checkpointer:
         max_to_keep=keep,
         save_interval_steps=1,  # should_save() decides; force=True must be able to save at any step.
         enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,  # leftovers of a save killed midway
-        create=True,
+        cleanup_tmp_directories=not read_only,  # leftovers of a save killed midway
+        create=not read_only,
+        read_only=read_only,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_item_handlers())
 

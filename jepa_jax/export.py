@@ -90,7 +90,7 @@ def load_config(workdir: str, step: Optional[int] = None):
   """The run config: from the checkpoint (the Checkpointer stores it), else WORKDIR/config.json."""
   import ml_collections
   try:
-    data = checkpointing.Checkpointer(workdir, async_save=False).restore_config(step)
+    data = checkpointing.Checkpointer(workdir, async_save=False, read_only=True).restore_config(step)
   except Exception as e:  # pylint: disable=broad-except
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):

@@ -58,7 +58,8 @@ def load_run_config(workdir: str):
   if os.path.exists(path):
     with open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
-  return ml_collections.ConfigDict(checkpointing.Checkpointer(workdir, async_save=False).restore_config())
+  ckpt = checkpointing.Checkpointer(workdir, async_save=False, read_only=True)
+  return ml_collections.ConfigDict(ckpt.restore_config())
 
 
 def load_target_encoder(workdir: str, config, step: int | None = None):
@@ -72,7 +73,7 @@ def load_target_encoder(workdir: str, config, step: int | None = None):
   from jepa_jax import train_state
   from jepa_jax import train_step
 
-  ckpt = checkpointing.Checkpointer(workdir, async_save=False)
+  ckpt = checkpointing.Checkpointer(workdir, async_save=False, read_only=True)
   step = ckpt.latest_step() if step is None else step
   ckpt.close()
   if step is None:
