@@ -25,7 +25,7 @@ def test_csv_has_official_columns_first_and_appends_on_resume(tmp_path):
     w.write(301, {"loss": 0.3, "clips/s": 12.5}, ipe=300)
   rows = read_rows(os.path.join(tmp_path, "jepa_r0.csv"))
   assert rows[0][:9] == OFFICIAL
-  assert rows[0][9:] == ["lr", "wd", "ema-momentum", "clips/s", "tokens/s-per-device", "mfu", "skipped-videos"]
+  assert rows[0][9:] == ["lr", "wd", "ema-momentum", "target-std", "clips/s", "tokens/s-per-device", "mfu", "skipped-videos"]
   assert len(rows) == 4 and sum(r == rows[0] for r in rows) == 1  # one header
   first = dict(zip(rows[0], rows[1]))
   assert (first["epoch"], first["itr"], first["loss"], first["mfu"]) == ("1", "0", "0.50000", "n/a")

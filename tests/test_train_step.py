@@ -64,15 +64,35 @@ def test_sharded_losses_equal_single_device(reference, mesh_shape):
   losses, state = _sharded_losses(config.copy_and_resolve_references(), batches, mesh_shape)
   np.testing.assert_allclose(losses, expected, rtol=1e-5)
   assert np.all(np.diff(expected) != 0)  # the steps really changed the model
-  qkv = state["params"]["encoder"]["blocks"][0]["attn"]["qkv"]["kernel"]
+  _check_sharded(state, mesh_shape)
+
+
+def test_scanned_layers_on_the_three_axis_mesh_equal_single_device(reference):
+  config, batches, _ = reference
+  config = config.copy_and_resolve_references()
+  config.model.scan_layers = True
+  expected, _ = _single_device_losses(config, batches)
+  losses, state = _sharded_losses(config, batches, (2, 2, 2))
+  np.testing.assert_allclose(losses, expected, rtol=1e-5)
+  _check_sharded(state, (2, 2, 2))
+  stacked = state["params"]["encoder"]["blocks"]["attn"]["qkv"]["kernel"]
+  assert stacked.sharding.spec[0] is None  # the layer axis is never sharded
+
+
+def _qkv_kernel(encoder):
+  blocks = encoder["blocks"]
+  return (blocks[0] if 0 in blocks else blocks)["attn"]["qkv"]["kernel"]
+
+
+def _check_sharded(state, mesh_shape):
+  qkv = _qkv_kernel(state["params"]["encoder"])
   spec = qkv.sharding.spec
   if mesh_shape[1] > 1:
     assert "fsdp" in jax.tree.leaves(tuple(spec)), spec
     assert qkv.addressable_shards[0].data.size < qkv.size
   if mesh_shape[2] > 1:
     assert "tensor" in jax.tree.leaves(tuple(spec)), spec
-  target_qkv = state["target_encoder"]["blocks"][0]["attn"]["qkv"]["kernel"]
-  assert target_qkv.sharding.spec == spec
+  assert _qkv_kernel(state["target_encoder"]).sharding.spec == spec
 
 
 def test_grad_accumulation_equals_one_batch():
