@@ -15,7 +15,7 @@ from jepa_jax.visualize import render
 
 # (panel title, CSV columns); columns absent or empty in the CSV are skipped.
 PANELS = (
-    ("loss", ("loss", "loss-jepa", "reg-loss")),
+    ("loss", ("loss", "loss-jepa", "reg-loss", "target-std")),
     ("learning rate", ("lr",)),
     ("weight decay", ("wd",)),
     ("EMA momentum", ("ema-momentum",)),
