@@ -39,6 +39,7 @@ from input_pipeline import images
 from input_pipeline import pipeline
 from input_pipeline import sources
 from jepa_jax import checkpointing
+from jepa_jax import import_torch
 from jepa_jax import sharding
 from jepa_jax import torch_layout
 from jepa_jax.models import build_encoder
@@ -202,16 +203,6 @@ def _from_workdir(path: str, key: str, model_cfg, template: dict, shardings) -> 
   return params
 
 
-def _strip(sd) -> dict:
-  out = {}
-  for k, v in sd.items():
-    for prefix in ("module.", "backbone."):
-      if k.startswith(prefix):
-        k = k[len(prefix):]
-    out[k] = v
-  return out
-
-
 def _from_torch_file(path: str, key: str, model_cfg, template: dict) -> dict:
   from jepa_jax import import_torch
   try:
@@ -225,7 +216,7 @@ def _from_torch_file(path: str, key: str, model_cfg, template: dict) -> dict:
           "(official issue #43, KeyError 'target_encoder'). Pass the pretrained backbone file (e.g. vitl16.pth.tar).")
     raise EvalConfigError(f"{path} has no {key!r} (keys {sorted(ckpt)}); set config.checkpoint_key to the "
                           "encoder it holds")
-  sd = _strip(ckpt[key])
+  sd = import_torch.strip_prefixes(ckpt[key])
   try:
     return torch_layout.from_torch_state_dict(sd, template, scanned=bool(model_cfg.scan_layers))
   except ValueError as e:

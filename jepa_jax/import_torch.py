@@ -43,7 +43,7 @@ def describe_encoder(sd: Mapping[str, Any]) -> str:
           + (f" ({names[0]})" if names else " (no zoo model has these dimensions)"))
 
 
-def _strip(sd: Mapping[str, Any]) -> dict:
+def strip_prefixes(sd: Mapping[str, Any]) -> dict:
   """Removes the DDP 'module.' and wrapper 'backbone.' prefixes, as the official eval loader does."""
   out = {}
   for k, v in sd.items():
@@ -184,16 +184,16 @@ def import_checkpoint(path: str, config, workdir: str, *, only_target: bool = Fa
 
   if only_target:
     source = "target_encoder" if isinstance(ckpt.get("target_encoder"), Mapping) else "encoder"
-    encoder = _convert(_strip(ckpt[source]), template["encoder"], scanned=scanned, what=source, config=config)
+    encoder = _convert(strip_prefixes(ckpt[source]), template["encoder"], scanned=scanned, what=source, config=config)
     predictor = train_state.init_params(config, int(config.seed))["predictor"]
     logging.warning("Import: --only_target: '%s' is used as encoder and target encoder; the predictor is freshly "
                     "initialised (seed %d) and the optimizer starts fresh.", source, config.seed)
     params = {"encoder": encoder, "predictor": jax.tree.map(np.asarray, predictor)}
     target = jax.tree.map(np.copy, encoder)
   else:
-    params = {m: _convert(_strip(ckpt[m]), template[m], scanned=scanned, what=m, config=config)
+    params = {m: _convert(strip_prefixes(ckpt[m]), template[m], scanned=scanned, what=m, config=config)
               for m in ("encoder", "predictor")}
-    target = _convert(_strip(ckpt["target_encoder"]), template["encoder"], scanned=scanned, what="target_encoder",
+    target = _convert(strip_prefixes(ckpt["target_encoder"]), template["encoder"], scanned=scanned, what="target_encoder",
                       config=config)
 
   epoch = ckpt.get("epoch")
