@@ -11,6 +11,7 @@ and the replacement is counted in 'skipped' (summed into pipeline.skipped_files(
 replacement is a pseudo-random other index derived from (index, attempt), so a source stays a pure function of
 the index (grain checkpoints only the position). Too many failures raise pipeline.DataPipelineError.
 """
+import abc
 import logging
 import os
 
@@ -54,7 +55,7 @@ def as_rgb_uint8(image) -> np.ndarray:
   return np.ascontiguousarray(image[..., :3])
 
 
-class _SkippingSource:
+class _SkippingSource(abc.ABC):
   """Shared replace-and-count logic; subclasses implement _load(index) -> (image, label) or raise."""
 
   def __init__(self, *, max_failure_fraction=0.5, min_attempts=16, max_consecutive=64):
@@ -64,8 +65,9 @@ class _SkippingSource:
     self.attempts = 0
     self.failures = 0
 
+  @abc.abstractmethod
   def _load(self, index):
-    raise NotImplementedError
+    """(image uint8 HWC RGB, label) of record `index`; raises on an unreadable image."""
 
   def __getitem__(self, index):
     index = int(index)

@@ -139,7 +139,7 @@ def test_bfloat16_compute_stays_close_and_returns_float32():
 
 
 def test_depth_other_than_one_is_refused():
-  with pytest.raises(NotImplementedError):
+  with pytest.raises(ValueError, match="depth=1"):
     with nnx.use_eager_sharding(False):
       AttentiveClassifier(D, HEADS, CLASSES, depth=2, rngs=nnx.Rngs(0))
 

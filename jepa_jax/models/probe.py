@@ -106,8 +106,9 @@ class AttentivePooler(nnx.Module):
   def __init__(self, embed_dim, num_heads, mlp_ratio=4.0, depth=1, qkv_bias=True, dtype=jnp.float32,
                implementation=None, *, rngs):
     if depth != 1:
-      # depth > 1 appends self-attention Blocks on the query; no V1 config uses it.
-      raise NotImplementedError(f'AttentivePooler supports depth=1 (every V-JEPA eval config); got {depth}')
+      # depth > 1 appends self-attention Blocks on the query; no V1 config or released probe uses it.
+      raise ValueError(f'AttentivePooler takes depth=1, the one cross-attention block of every V-JEPA 1 probe; got '
+                       f'{depth}')
     self.query_tokens = nnx.Param(
         _normal(0.02, (None, None, _EMBED))(rngs.params(), (1, 1, embed_dim), jnp.float32))
     self.cross_attention_block = CrossAttentionBlock(
