@@ -12,4 +12,9 @@ def get_config():
   config.model.name = "vit_large"
   config.data.batch_size = 3072
   config.mesh.shape = (-1, 1, 1)
+  # Measured ahead of time (docs/performance.md, memory plan): without remat the XLA attention keeps every layer's
+  # f32 probabilities for the backward, which does not fit even 95 GB at the official per-device batch; full remat
+  # fits every chip listed there. Scanned blocks keep the compile time flat in depth.
+  config.model.remat = "full"
+  config.model.scan_layers = True
   return config
