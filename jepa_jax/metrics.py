@@ -16,7 +16,7 @@ import jax
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from jepa_jax import storage
+from input_pipeline import storage
 
 # (our metric name, CSV column). The first nine are the official CSVLogger columns, in its order (§4.5).
 COLUMNS = (
