@@ -244,9 +244,9 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import app, flags
-  from ml_collections import config_flags
+  from jepa_jax import config_files
   sys.argv = [a.replace("--only-target", "--only_target") for a in sys.argv]
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py) of the model in the file.")
+  config_files.DEFINE_config("config", "Config file or shipped config name (e.g. vitl16) of the model in the file.")
   flags.DEFINE_string("checkpoint", None, "Official .pth.tar (or .safetensors) file.")
   flags.DEFINE_string("workdir", None, "Run folder to create (checkpoints/ and config.json).")
   flags.DEFINE_bool("only_target", False, "Encoder-only file: encoder = target = its target_encoder (or encoder); "

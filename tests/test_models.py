@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType
 
-from configs import default
+from jepa_jax.configs import default
 from jepa_jax import models, torch_layout
 from jepa_jax.models import layers, predictor, vit
 
