@@ -22,15 +22,13 @@ import numpy as np
 from absl import logging
 
 from jepa_jax import checkpointing, export, optim, torch_layout, train_state
+from jepa_jax.models import MODEL_SIZES
 
 
 class CheckpointFormatError(ValueError):
   """The file is not a V-JEPA checkpoint this config can use; the message says why and what it holds."""
 
 
-# (width, depth) of the zoo (reference §2.1, jepa_jax/models/vit.py), to name the size a file holds.
-ZOO_DIMS = {"vit_tiny": (192, 12), "vit_small": (384, 12), "vit_base": (768, 12), "vit_large": (1024, 24),
-            "vit_huge": (1280, 32), "vit_giant": (1408, 40), "vit_gigantic": (1664, 48)}
 
 
 def describe_encoder(sd: Mapping[str, Any]) -> str:
@@ -38,7 +36,7 @@ def describe_encoder(sd: Mapping[str, Any]) -> str:
   width = tuple(sd["patch_embed.proj.weight"].shape)[0] if "patch_embed.proj.weight" in sd else None
   depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
   tokens = tuple(sd["pos_embed"].shape)[1] if "pos_embed" in sd else None
-  names = [n for n, dims in ZOO_DIMS.items() if dims == (width, depth)]
+  names = [n for n, size in MODEL_SIZES.items() if (size.embed_dim, size.depth) == (width, depth)]
   return (f"width {width}, depth {depth}" + (f", {tokens} tokens" if tokens else "")
           + (f" ({names[0]})" if names else " (no zoo model has these dimensions)"))
 

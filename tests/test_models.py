@@ -86,6 +86,30 @@ def test_model_zoo_has_the_official_dimensions(name, dim, depth, heads, hidden, 
   assert model.blocks.mlp.fc1.kernel.shape == (depth, dim, hidden)
 
 
+@pytest.mark.parametrize("name,overrides", [
+    *[(name, {}) for name in sorted(vit.MODEL_SIZES)],
+    ("vit_giant", {"embed_dim": 176, "depth": 3}),  # the zoo's MLP ratio 48/11 carries over to a new width
+    ("vit_tiny", {"embed_dim": 96, "num_heads": 4, "pred_num_heads": 6, "patch_size": 8, "crop_size": 64}),
+])
+def test_model_dims_are_the_sizes_the_builders_build(name, overrides):
+  """models.model_dims (what flops.py, import_torch and bench/ read) reads the zoo's one table as the builders do."""
+  cfg = default.get_config().model
+  cfg.name, cfg.scan_layers = name, True
+  cfg.update(overrides)
+  dims = models.model_dims(cfg)
+  encoder = _abstract(lambda: models.build_encoder(cfg, nnx.Rngs(0)))
+  pred = _abstract(lambda: models.build_predictor(cfg, 2, nnx.Rngs(0)))
+  assert (dims.depth, dims.embed_dim, dims.mlp_hidden) == encoder.blocks.mlp.fc1.kernel.shape
+  assert (dims.embed_dim, dims.num_heads, dims.grid, dims.num_tokens) == (
+      encoder.embed_dim, encoder.num_heads, encoder.grid, encoder.num_patches)
+  assert dims.patch_dim == int(np.prod(encoder.patch_embed.proj.kernel.shape[:-1]))
+  assert (dims.pred_depth, dims.pred_embed_dim, dims.pred_mlp_hidden) == pred.predictor_blocks.mlp.fc1.kernel.shape
+  assert dims.pred_num_heads == pred.num_heads
+  cfg.name = "vit_nope"
+  with pytest.raises(ValueError, match="config.model.name 'vit_nope'"):
+    models.model_dims(cfg)
+
+
 def test_init_is_the_effective_official_pretraining_init():
   model = _encoder(embed_dim=192, num_heads=3, depth=2, seed=3)
   params = _params(model)
