@@ -59,13 +59,21 @@ def test_only_the_primary_process_writes(tmp_path):
     ("TPU v6 lite", 918e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA H100 80GB HBM3", 989e12),
     ("NVIDIA H200", 989e12), ("cpu", None)])
 def test_peak_table(kind, peak):
-  assert metrics.peak_flops(kind) == peak
+  assert metrics.peak_flops(kind) == peak == metrics.peak_flops(kind, "bfloat16")
+
+
+@pytest.mark.parametrize("kind,peak", [("NVIDIA H100 80GB HBM3", 495e12), ("NVIDIA A100-SXM4-80GB", 156e12),
+                                       ("TPU v5p", None), ("cpu", None)])
+def test_float32_peaks_are_the_gpus_tf32_and_unknown_on_tpus(kind, peak):
+  assert metrics.peak_flops(kind, "float32") == peak
 
 
 def test_mfu():
   # 4 H100s doing 1.978e15 FLOPs in 1 s run at half of their 4 x 989 TFLOP/s.
   assert metrics.mfu(1.978e15, 1.0, 4, "NVIDIA H100 80GB HBM3") == pytest.approx(0.5)
   assert metrics.mfu(1e12, 1.0, 1, "cpu") is None
+  # float32 on an A100 is measured against its TF32 peak (156 TFLOP/s), bf16 against 312.
+  assert metrics.mfu(1.56e14, 2.0, 1, "NVIDIA A100-SXM4-80GB", "float32") == pytest.approx(0.5)
   assert metrics.format_mfu(None) == "n/a" and metrics.format_mfu(0.4321) == "43.2%"
 
 
