@@ -33,9 +33,8 @@ def _apply(model):
   return jax.jit(lambda params, *args: nnx.merge(graphdef, params)(*args))
 
 
-def _clip(batch=4, frames=4, size=32):
-  return jax.random.normal(jax.random.key(np.random.default_rng().integers(1 << 30)),
-                           (batch, frames, size, size, 3))
+def _clip(batch=4, frames=4, size=32, seed=0):
+  return jax.random.normal(jax.random.key(seed), (batch, frames, size, size, 3))
 
 
 def _small_config(**overrides):
@@ -220,7 +219,8 @@ def test_kept_tokens_keep_their_absolute_positions(shared):
   model, params, apply = shared
   x = _clip()
   full = apply(params, x)
-  perm = np.stack([np.random.default_rng().permutation(model.num_patches) for _ in range(4)]).astype(np.int32)
+  rng = np.random.default_rng(0)
+  perm = np.stack([rng.permutation(model.num_patches) for _ in range(4)]).astype(np.int32)
   in_order = np.tile(np.arange(model.num_patches, dtype=np.int32), (4, 1))
   np.testing.assert_allclose(apply(params, x, in_order), full, rtol=0, atol=1e-6)
   np.testing.assert_allclose(apply(params, x, perm), np.take_along_axis(np.asarray(full), perm[..., None], 1),
