@@ -13,6 +13,11 @@ LayerNorm 1/0, then the depth rescale of attn.proj and mlp.fc2 by 1/sqrt(2 * lay
 (tests/torch_reference.init_official), V-JEPA 2's init_video_model does not re-initialise afterwards, so the rescale
 stays. Build under `torch.device('meta')` to count parameters of the large models without allocating them.
 
+Checked once against the official modules themselves (facebookresearch/vjepa2 at c2963a4, run outside this
+repository with the same weights): encoder on a non-square clip, full and masked, the predictor for mask_index 0, 1
+and 3, the PredictorMultiSeqWrapper path for two generators and the 4-block probe all agree exactly (0.0); the key
+sets and parameter counts (ViT-L/H/g encoders, the three predictors, the probe) are the official ones.
+
 API:
   rotate_queries_or_keys(x [..., N, D], pos [..., N]) -> [..., N, D]   one rotated chunk (official function)
   RoPEAttention(dim, num_heads, grid_size).forward(x, mask=None, T=None, H_patches=None, W_patches=None)
