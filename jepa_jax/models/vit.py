@@ -139,3 +139,13 @@ MODEL_ZOO = {
     "vit_giant": vit_giant,
     "vit_gigantic": vit_gigantic,
 }
+
+
+# V-JEPA 2 (docs/reference.md §9.1). The released "ViT-g" is vit_giant_xformers: 22 heads of 64 channels (the
+# 16-head vit_giant above is not a V-JEPA 2 model); hidden int(1408 * 48/11) = 6144. L and H are unchanged.
+def vit_giant_xformers(**kwargs) -> VisionTransformer:
+  return VisionTransformer(**{"patch_size": 16, "embed_dim": 1408, "depth": 40, "num_heads": 22,
+                              "mlp_ratio": 48 / 11, **kwargs})
+
+
+MODEL_ZOO["vit_giant_xformers"] = vit_giant_xformers
