@@ -86,7 +86,8 @@ def test_model_zoo_has_the_official_dimensions(name, dim, depth, heads, hidden, 
 
 
 @pytest.mark.parametrize("name,overrides", [
-    *[(name, {}) for name in sorted(vit.MODEL_SIZES)],
+    # 22 heads do not divide the predictor's 384 channels: V-JEPA 2's ViT-g pairs with a 12-head predictor.
+    *[(name, {"pred_num_heads": 12} if name == "vit_giant_xformers" else {}) for name in sorted(vit.MODEL_SIZES)],
     ("vit_giant", {"embed_dim": 176, "depth": 3}),  # the zoo's MLP ratio 48/11 carries over to a new width
     ("vit_tiny", {"embed_dim": 96, "num_heads": 4, "pred_num_heads": 6, "patch_size": 8, "crop_size": 64}),
 ])

@@ -94,6 +94,9 @@ MODEL_SIZES = {
     # [quirk §2.1] The official factory passes `mpl_ratio=64/13` (a typo) that **kwargs swallows, so the MLP keeps
     # the default ratio 4.0 (hidden 6656). We reproduce the effective model. Its default patch size is 14.
     "vit_gigantic": ZooSize(14, 1664, 48, 16, 4.0),
+    # V-JEPA 2 (docs/reference.md §9.1). The released "ViT-g" is vit_giant_xformers: 22 heads of 64 channels (the
+    # 16-head vit_giant above is not a V-JEPA 2 model); hidden int(1408 * 48/11) = 6144. L and H are unchanged.
+    "vit_giant_xformers": ZooSize(16, 1408, 40, 22, 48 / 11),
 }
 
 
@@ -130,6 +133,10 @@ def vit_gigantic(**kwargs) -> VisionTransformer:
   return _zoo_model("vit_gigantic", kwargs)
 
 
+def vit_giant_xformers(**kwargs) -> VisionTransformer:
+  return _zoo_model("vit_giant_xformers", kwargs)
+
+
 MODEL_ZOO = {
     "vit_tiny": vit_tiny,
     "vit_small": vit_small,
@@ -138,14 +145,5 @@ MODEL_ZOO = {
     "vit_huge": vit_huge,
     "vit_giant": vit_giant,
     "vit_gigantic": vit_gigantic,
+    "vit_giant_xformers": vit_giant_xformers,
 }
-
-
-# V-JEPA 2 (docs/reference.md §9.1). The released "ViT-g" is vit_giant_xformers: 22 heads of 64 channels (the
-# 16-head vit_giant above is not a V-JEPA 2 model); hidden int(1408 * 48/11) = 6144. L and H are unchanged.
-def vit_giant_xformers(**kwargs) -> VisionTransformer:
-  return VisionTransformer(**{"patch_size": 16, "embed_dim": 1408, "depth": 40, "num_heads": 22,
-                              "mlp_ratio": 48 / 11, **kwargs})
-
-
-MODEL_ZOO["vit_giant_xformers"] = vit_giant_xformers
