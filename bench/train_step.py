@@ -6,7 +6,8 @@ the same step in PyTorch eager (tests/torch_reference.py) on the same shapes, ma
 
 Prints one markdown table row per run (header first). Figures are per device. The FLOPs are analytic (matmuls and
 attention, 2 per multiply-add; jepa_jax/flops.py, the count the training log uses) because XLA's cost analysis
-counts a scanned layer once. The step is compiled by jepa_jax/compiled_step.py, as in training. Nothing here is asserted in tests; tests/test_bench.py only checks that it runs.
+counts a scanned layer once. The step is compiled by jepa_jax/compiled_step.py, as in training. Nothing here is
+asserted in tests; tests/test_bench.py only checks that it runs.
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def describe_encoder(sd: Mapping[str, Any]) -> str:
   tokens = tuple(sd["pos_embed"].shape)[1] if "pos_embed" in sd else None
   names = [n for n, size in MODEL_SIZES.items() if (size.embed_dim, size.depth) == (width, depth)]
   return (f"width {width}, depth {depth}" + (f", {tokens} tokens" if tokens else "")
-          + (f" ({names[0]})" if names else " (no zoo model has these dimensions)"))
+          + (f" ({' or '.join(names)})" if names else " (no zoo model has these dimensions)"))
 
 
 def strip_prefixes(sd: Mapping[str, Any]) -> dict:
