@@ -108,7 +108,7 @@ def time_decord(path, sampling, clips, crop):
 
 def time_masks(batch):
   try:
-    from configs import default  # pylint: disable=g-import-not-at-top
+    from jepa_jax.configs import default  # pylint: disable=g-import-not-at-top
     from input_pipeline import masks  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from jepa_jax.configs import default
 from jepa_jax import schedules
 
 
