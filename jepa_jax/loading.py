@@ -73,7 +73,7 @@ class ModelConfigNeeded(EncoderSourceError):
 def load_encoder(source, *, config=None, which: str = "target", step: int | None = None) -> Encoder:
   """The frozen encoder in `source` (a run folder or a checkpoint file), ready to encode(). See the module doc."""
   key = checkpoint_key(which)
-  wanted = model_config_of(resolve_config(config)) if config is not None else None
+  wanted = with_model_defaults(model_config_of(resolve_config(config))) if config is not None else None
   source = os.fspath(source)
   run = find_run(source)
   if run is not None:
@@ -161,6 +161,13 @@ def default_model_config() -> ml_collections.ConfigDict:
   model = model_config_of(resolve_config("default"))
   model.dtype = "float32"
   return model
+
+
+def with_model_defaults(model) -> ml_collections.ConfigDict:
+  """`model` completed by the defaults of the fields it lacks (a run saved before a field existed)."""
+  full = model_config_of(resolve_config("default"))
+  full.update(model.to_dict())
+  return full
 
 
 @functools.lru_cache(maxsize=64)
@@ -296,7 +303,7 @@ def read_run(workdir, entries: Sequence[str] = ("target_encoder",), *, step: int
 
 def _from_run(workdir, key: str, wanted, step):
   config, step = read_run_config(workdir, step)
-  saved = ml_collections.ConfigDict(config.model.to_dict())
+  saved = config.model = with_model_defaults(config.model)
   if wanted is not None:
     check_same_network(wanted, saved, f"the run {workdir}")
   model = wanted if wanted is not None else saved
