@@ -26,13 +26,9 @@ encoding: checked, EncoderSourceError otherwise) and its run-time fields apply: 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
-import importlib.util
 import json
 import math
 import os
-import pkgutil
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -45,19 +41,18 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jepa_jax import checkpointing
+from jepa_jax import config_files
+from jepa_jax import models
 from jepa_jax import torch_layout
 from jepa_jax.encoder import Encoder, encoder_template, local_mesh
-from jepa_jax.models import build_encoder
 from jepa_jax.models import layers
-from jepa_jax.models.vit import MODEL_ZOO
+from jepa_jax.models.vit import MODEL_SIZES
 
 # which= -> the checkpoint entry (official key names; ours are the same).
 WHICH = {"target": "target_encoder", "target_encoder": "target_encoder", "encoder": "encoder",
          "context": "encoder"}
 # Model fields that change what an encoder computes from the same parameters (beyond the dimensions).
 POSITION_FIELDS = ("uniform_power",)
-# The packages shipped configs live in, tried in order (a config name "vitl16" is <package>.vitl16).
-CONFIG_PACKAGES = ("jepa_jax.configs", "configs")
 
 
 class EncoderSourceError(ValueError):
@@ -98,8 +93,8 @@ def checkpoint_key(which: str) -> str:
 # ============================================================================================== configs
 
 def resolve_config(config) -> ml_collections.ConfigDict:
-  """A ConfigDict from a ConfigDict or mapping, a config file (.py with get_config(), or .json), or the name of a
-  shipped config ("demo", "vitl16", "eval/vitl16_k400")."""
+  """A ConfigDict from a ConfigDict or mapping, a JSON file (a run's config.json), or what --config takes: a config
+  file or the name of a shipped config ("demo", "vitl16", "eval/vitl16_k400"; jepa_jax/config_files.py)."""
   if isinstance(config, ml_collections.ConfigDict):
     return ml_collections.ConfigDict(config.to_dict())
   if isinstance(config, Mapping):
@@ -110,40 +105,10 @@ def resolve_config(config) -> ml_collections.ConfigDict:
   if name.endswith(".json") and os.path.isfile(name):
     with open(name) as f:
       return ml_collections.ConfigDict(json.load(f))
-  if name.endswith(".py") and os.path.isfile(name):
-    spec = importlib.util.spec_from_file_location(f"_jepa_jax_config_{abs(hash(name))}", name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-  if name.endswith((".py", ".json")):
-    raise EncoderSourceError(f"config={name!r} does not exist")
-  for package in CONFIG_PACKAGES:
-    try:
-      module = importlib.import_module(f"{package}.{name.replace('/', '.')}")
-    except ModuleNotFoundError:
-      continue
-    if hasattr(module, "get_config"):
-      return module.get_config()
-  raise EncoderSourceError(f"config={name!r} is neither a config file nor a shipped config; shipped: "
-                           f"{', '.join(shipped_config_names()) or 'none found'}")
-
-
-def shipped_config_names() -> list[str]:
-  for package in CONFIG_PACKAGES:
-    try:
-      module = importlib.import_module(package)
-    except ModuleNotFoundError:
-      continue
-    names = []
-    for info in pkgutil.walk_packages(module.__path__):
-      if not info.ispkg and info.name not in ("default", "base"):
-        names.append(info.name)
-    for sub in ("eval",):
-      if os.path.isdir(os.path.join(module.__path__[0], sub)):
-        names += [f"{sub}/{i.name}" for i in pkgutil.iter_modules([os.path.join(module.__path__[0], sub)])
-                  if i.name != "base"]
-    return sorted(names)
-  return []
+  try:
+    return config_files.load(name)
+  except ValueError as e:
+    raise EncoderSourceError(f"config={name!r}: {e}") from None
 
 
 def model_config_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -158,34 +123,26 @@ def model_config_of(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 def default_model_config() -> ml_collections.ConfigDict:
   """The shared defaults of config.model (configs/default.py), computing in float32: the base of a model read
   from a file. float32 gives the file's numbers exactly on any chip; pass config= for bfloat16 compute."""
-  model = model_config_of(resolve_config("default"))
+  model = model_config_of(config_files.load("default"))
   model.dtype = "float32"
   return model
 
 
 def with_model_defaults(model) -> ml_collections.ConfigDict:
   """`model` completed by the defaults of the fields it lacks (a run saved before a field existed)."""
-  full = model_config_of(resolve_config("default"))
+  full = model_config_of(config_files.load("default"))
   full.update(model.to_dict())
   return full
 
 
-@functools.lru_cache(maxsize=64)
-def _network_dims(fields: tuple) -> dict:
-  cfg = ml_collections.ConfigDict(dict(fields))
-  cfg.scan_layers = True  # one stacked block: the abstract build costs the same at any depth
-  with nnx.use_eager_sharding(False):
-    module = nnx.eval_shape(lambda: build_encoder(cfg, nnx.Rngs(0)))
-  return {"embed_dim": module.embed_dim, "depth": module.depth, "num_heads": module.num_heads,
-          "mlp_hidden": int(module.blocks.mlp.fc1.kernel.shape[-1]), "patch_size": module.patch_size,
-          "tubelet_size": module.tubelet_size, **{k: cfg.get(k) for k in POSITION_FIELDS}}
+_NETWORK = ("embed_dim", "depth", "num_heads", "mlp_hidden", "patch_size", "tubelet_size")
 
 
 def network_dims(model_cfg) -> dict:
-  """What fixes an encoder's parameters and positions: width, depth, heads, MLP width, patch, tubelet and the
-  POSITION_FIELDS, resolved through the zoo (config.model.name plus its overrides)."""
-  fields = {k: v for k, v in model_cfg.to_dict().items() if not isinstance(v, (list, dict))}
-  return _network_dims(tuple(sorted(fields.items())))
+  """What fixes an encoder's parameters and positions: width, depth, heads, MLP width, patch, tubelet
+  (models.model_dims: the zoo's sizes with config.model's overrides) and the POSITION_FIELDS."""
+  dims = models.model_dims(model_cfg)
+  return {**{k: getattr(dims, k) for k in _NETWORK}, **{k: model_cfg.get(k) for k in POSITION_FIELDS}}
 
 
 # The config.model field that sets each dimension, for messages.
@@ -379,14 +336,9 @@ def _to_numpy(x) -> np.ndarray:
 
 
 def _strip_prefixes(sd: Mapping[str, Any]) -> dict:
-  """Removes the DDP 'module.' and wrapper 'backbone.' prefixes, as the official eval loader does."""
-  out = {}
-  for k, v in sd.items():
-    for prefix in ("module.", "backbone."):
-      if k.startswith(prefix):
-        k = k[len(prefix):]
-    out[k] = _to_numpy(v)
-  return out
+  """Numpy arrays under the official keys: the DDP 'module.' and wrapper 'backbone.' prefixes removed."""
+  from jepa_jax import import_torch
+  return {k: _to_numpy(v) for k, v in import_torch.strip_prefixes(sd).items()}
 
 
 # --- official V-JEPA 1 PyTorch checkpoints ----------------------------------------------------------------------
@@ -456,21 +408,11 @@ def state_dict_dims(sd: Mapping[str, np.ndarray]) -> dict:
           "tubelet_size": int(tubelet)}
 
 
-@functools.lru_cache(maxsize=1)
-def zoo_dims() -> dict[str, dict]:
-  """network_dims of every zoo model at its own defaults, from abstract builds (jepa_jax/models/vit.py)."""
-  out = {}
-  with nnx.use_eager_sharding(False):
-    for name, factory in MODEL_ZOO.items():
-      m = nnx.eval_shape(lambda f=factory: f(scan_layers=True, rngs=nnx.Rngs(0)))
-      out[name] = {"embed_dim": m.embed_dim, "depth": m.depth, "num_heads": m.num_heads,
-                   "mlp_hidden": int(m.blocks.mlp.fc1.kernel.shape[-1]), "patch_size": m.patch_size}
-  return out
-
-
 def _zoo_names(dims: Mapping[str, int]) -> list[str]:
-  keys = ("embed_dim", "depth", "mlp_hidden")
-  return [name for name, z in zoo_dims().items() if all(z[k] == dims[k] for k in keys)]
+  """The zoo models (models/vit.py MODEL_SIZES) of this width, depth and MLP width."""
+  return [name for name, z in MODEL_SIZES.items()
+          if (z.embed_dim, z.depth, int(z.embed_dim * z.mlp_ratio)) == (dims["embed_dim"], dims["depth"],
+                                                                         dims["mlp_hidden"])]
 
 
 def _describe_dims(dims: Mapping[str, Any]) -> str:

@@ -238,7 +238,7 @@ def test_sources_that_hold_no_encoder_are_clear_errors(run, tmp_path):
     jepa_jax.load_encoder(str(root / "run"), which="bogus")
   with pytest.raises(loading.EncoderSourceError, match="step=3 is for run folders"):
     jepa_jax.load_encoder(str(encoder_only), step=3)
-  with pytest.raises(loading.EncoderSourceError, match="shipped: .*demo"):
+  with pytest.raises(loading.EncoderSourceError, match="one of: .*demo"):
     loading.resolve_config("no_such_config")
   assert loading.resolve_config("demo").model.name == loading.resolve_config(
       os.path.join(ROOT, "configs", "demo.py")).model.name == "vit_tiny"
