@@ -46,8 +46,8 @@ def main(argv):
     from jepa_jax import train
     train.train_and_evaluate(config, _WORKDIR.value)
   elif config.mode == "probe":
-    from jepa_jax import evaluate
-    evaluate.probe_and_evaluate(config, _WORKDIR.value)
+    from jepa_jax.evaluation import loops
+    loops.probe_and_evaluate(config, _WORKDIR.value)
   else:
     raise app.UsageError(f"config.mode={config.mode!r}; use 'pretrain' or 'probe'.")
 

@@ -4,7 +4,6 @@ The math of one step lives in train_step.py; this file only wires it to data, de
 """
 from __future__ import annotations
 
-import json
 import time
 
 import jax
@@ -162,24 +161,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for name, path in visualize.write_run_pictures(workdir, config).items():
       print(f"{name}: {path}")
   if config.probe_at_end and finished:
-    _report_demo_probe(workdir)
+    from jepa_jax.evaluation import demo_report  # the probe code is only needed at the end of the demo
+    demo_report.report_demo_probe(workdir)
   return last_metrics
-
-
-def _report_demo_probe(workdir, seeds=(0, 1, 2)) -> None:
-  """The demo's proof that pretraining learned something: the same probe on our encoder and on a random one.
-
-  A 40-video val split moves a single probe run by several points, so the comparison is averaged over probe seeds
-  (each seed: its own probe init, batch order and random encoder).
-  """
-  from jepa_jax import evaluate  # Imported here: the probe code is only needed at the end of the demo.
-  runs = [evaluate.demo_probe_report(str(workdir), seed=s) for s in seeds]
-  report = {k: float(np.mean([r[k] for r in runs])) for k in ("pretrained", "random")}
-  report["per_seed"] = runs
-  line = (f"motion probe, val top-1 (mean of {len(seeds)} probe seeds): pretrained encoder "
-          f"{report['pretrained']:.1f}%, randomly initialised encoder {report['random']:.1f}% (4 classes; per seed "
-          + ", ".join(f"{r['pretrained']:.1f} vs {r['random']:.1f}" for r in runs) + ")")
-  logging.info(line)
-  if jax.process_index() == 0:
-    print(line)
-    (epath.Path(workdir) / "demo_probe.json").write_text(json.dumps(report, indent=2))

@@ -252,7 +252,7 @@ def _official_lr_wd(s, total, lr=1e-3, final_lr=0.0, wd=0.01, final_wd=1e-6):
 
 def test_probe_optimizer_matches_torch_adamw_with_official_groups_and_clipping():
   import optax
-  from jepa_jax.probe_optim import make_probe_optimizer, probe_weight_decay_mask
+  from jepa_jax.evaluation.probe_optim import make_probe_optimizer, probe_weight_decay_mask
 
   steps, wd = 6, 0.05
   model = _build(dim=32, heads=4, classes=5)
@@ -326,7 +326,7 @@ def test_probe_optimizer_matches_torch_adamw_with_official_groups_and_clipping()
 
 
 def test_probe_schedules_start_at_step_one_and_end_at_the_final_values():
-  from jepa_jax.probe_optim import probe_lr_schedule, probe_wd_schedule
+  from jepa_jax.evaluation.probe_optim import probe_lr_schedule, probe_wd_schedule
   lr, wd = probe_lr_schedule(1e-3, 0.0, 100), probe_wd_schedule(0.01, 1e-6, 100)
   assert float(lr(0)) == pytest.approx(_official_lr_wd(1, 100)[0], rel=1e-6)
   assert float(lr(0)) < 1e-3  # no warmup, and the first step already uses s = 1
