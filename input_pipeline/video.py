@@ -2,8 +2,9 @@
 
 The official loader (decord) builds a frame index of the whole file and then reads `get_batch(indices)`. We do the
 same with PyAV, but decode only what the clip needs: the packet headers give every frame's presentation time and the
-keyframes, so we seek to the keyframe before the first wanted frame, decode forward, convert only the wanted frames
-to RGB and stop after the last one. Frame i is the i-th frame in presentation order, as in decord, which keeps the
+keyframes, so we seek to the keyframe before the first wanted frame, decode forward (the decoder skips the
+non-reference frames that are not wanted: most B-frames between wanted frames), convert only the wanted frames to
+RGB and stop after the last one. Frame i is the i-th frame in presentation order, as in decord, which keeps the
 index rule exact for B-frames and variable frame rates.
 
 Paths may be URLs (gs://...): such files are read through a seekable file object (jepa_jax.storage.open_read).
