@@ -91,7 +91,7 @@ def describe(path: str) -> dict:
       if packet.size:
         frames += 1
         keys += packet.is_keyframe
-  return dict(name=os.path.basename(path), codec=stream.codec_context.name, size=f"{stream.width}x{stream.height}",
+  return dict(path=path, name=os.path.basename(path), codec=stream.codec_context.name, size=f"{stream.width}x{stream.height}",
               frames=frames, keys=keys, b=bframes, mb=os.path.getsize(path) / 1e6)
 
 
@@ -187,6 +187,38 @@ def time_file(path, loaders, clips, rounds):
   return {label: {k: statistics.median(v) for k, v in parts.items()} for label, parts in rates.items()}
 
 
+def decode_parts(path, clips):
+  """Where our decode time goes (CPU ms per clip: open, frame table, decode + RGB) and the frames the decoder hands
+  back per clip with and without skipping the unwanted non-reference frames."""
+  parts = {"open": 0.0, "table": 0.0, "decode": 0.0}
+  decoded = {True: 0, False: 0}
+  original = video._decoded_frames
+
+  def counting(container, stream, skip_pts):
+    for frame in original(container, stream, skip_pts):
+      decoded[skip_pts is not None] += 1
+      yield frame
+  video._decoded_frames = counting
+  try:
+    for skip in (False, True):
+      rng = np.random.default_rng(0)
+      for _ in range(clips):
+        t0 = time.process_time()
+        with video._open(path, 1) as (container, stream):
+          t1 = time.process_time()
+          table = video._frame_table(path, container, stream)
+          (idx,) = video.clip_indices(len(table.pts), video.ClipSampling(), rng, table.avg_fps)
+          t2 = time.process_time()
+          video._decode_at(path, container, stream, table, idx, skip_unwanted=skip)
+          if skip:
+            parts["open"] += t1 - t0
+            parts["table"] += t2 - t1
+            parts["decode"] += time.process_time() - t2
+  finally:
+    video._decoded_frames = original
+  return {k: 1e3 * v / clips for k, v in parts.items()}, decoded[False] / clips, decoded[True] / clips
+
+
 def worker_scaling(files, workers, batch, batches, step_clips):
   """Clips/s of make_pretrain_dataset (ViT-L/16 masks, 16x224x224 clips) for each worker count."""
   from configs import default  # pylint: disable=g-import-not-at-top
@@ -257,6 +289,13 @@ def file_table(files, loaders, clips, rounds, step_clips):
     if "before" in labels:
       row += [f"{res['ours']['both'] / res['before']['both']:.2f}x"]
     print("| " + " | ".join(row) + " |", flush=True)
+  print("\nOurs, where the decode time goes (CPU ms per clip) and frames decoded per clip:\n")
+  print("| file | open | frame table | decode + RGB | frames decoded, all | frames decoded, skipping non-ref |")
+  print("|---|---|---|---|---|---|")
+  for info, _ in results:
+    parts, plain, skipping = decode_parts(info["path"], clips)
+    print(f"| {info['name']} | {parts['open']:.1f} | {parts['table']:.1f} | {parts['decode']:.1f} | {plain:.1f} | "
+          f"{skipping:.1f} |")
   print(f"\n{load()} at the end. Cores per accelerator at {step_clips:g} clips/s (ours, decode+augment): " +
         ", ".join(f"{info['name']} {step_clips / res['ours']['both']:.1f}" for info, res in results))
 

@@ -34,6 +34,9 @@ def test_file_table_and_pipeline_scaling_on_given_files(tmp_path, capsys):
   assert cells[1:4] == ["h264 (B)", "64x48", "80 (1)"]
   rates = [float(c) for c in cells[5:5 + 3 * len(loaders)]]  # decode, augment, both per loader
   assert all(r > 0 for r in rates)
+  parts = [line for line in out.splitlines() if line.startswith("| clip.mp4")][1]
+  plain, skipping = (float(c) for c in parts.strip("|").split("|")[-2:])
+  assert 16 <= skipping <= plain  # at least the wanted frames; skipping never decodes more
   assert re.search(r"\| 0 \(main process, 2 read threads\) \| \d+\.\d \| - \|", out)
 
 
