@@ -219,8 +219,31 @@ def decode_parts(path, clips):
   return {k: 1e3 * v / clips for k, v in parts.items()}, decoded[False] / clips, decoded[True] / clips
 
 
+def _process_tree_cpu_seconds() -> float:
+  """CPU seconds (user + system) used so far by this process and its live descendants (the grain workers), from
+  /proc: the workers' time inside a timed window, without their start-up."""
+  tick = os.sysconf("SC_CLK_TCK")
+  parents, cpu = {}, {}
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    parents[int(pid)] = int(fields[1])
+    cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / tick
+  tree, grew = {os.getpid()}, True
+  while grew:
+    children = {pid for pid, parent in parents.items() if parent in tree} - tree
+    tree |= children
+    grew = bool(children)
+  # This process by its precise clock (/proc counts in 10 ms ticks), its descendants from /proc.
+  return time.process_time() + sum(cpu.get(pid, 0.0) for pid in tree - {os.getpid()})
+
+
 def worker_scaling(files, workers, batch, batches, step_clips):
-  """Clips/s of make_pretrain_dataset (ViT-L/16 masks, 16x224x224 clips) for each worker count."""
+  """Clips/s of make_pretrain_dataset (ViT-L/16 masks, 16x224x224 clips) for each worker count: by the wall clock,
+  and per CPU-second of the main process and its workers (what each core contributes, whatever the load)."""
   from configs import default  # pylint: disable=g-import-not-at-top
   from input_pipeline import masks  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
@@ -239,20 +262,20 @@ def worker_scaling(files, workers, batch, batches, step_clips):
       it = iter(pipeline.make_pretrain_dataset(config, mask_fn=mask_fn, global_batch_size=batch, num_workers=n,
                                                seed=0))
       next(it)  # workers started, buffers primed
-      start = time.perf_counter()
+      start, cpu_start = time.perf_counter(), _process_tree_cpu_seconds()
       for _ in range(batches):
         next(it)
-      rate = batches * batch / (time.perf_counter() - start)
-      rows.append((n, rate))
+      wall, cpu = time.perf_counter() - start, _process_tree_cpu_seconds() - cpu_start
+      rows.append((n, batches * batch / wall, batches * batch / max(cpu, 1e-3)))
       del it
   print(f"\nPretraining pipeline (make_pretrain_dataset, ViT-L/16 masks, batch {batch}, {batches} batches timed after "
         f"one) over the {len(files)} files, `{load()}`:\n")
-  print("| grain worker processes | clips/s | cores per accelerator at %g clips/s |" % step_clips)
-  print("|---|---|---|")
-  for n, rate in rows:
-    # Each worker process decodes on one core: cores per accelerator = clips/s needed / clips/s per worker.
-    cores = f"{step_clips / (rate / n):.1f}" if n else "-"
-    print(f"| {n if n else '0 (main process, 2 read threads)'} | {rate:.1f} | {cores} |")
+  print(f"| grain worker processes | clips/s (wall clock) | clips per CPU-second, all processes | cores per "
+        f"accelerator at {step_clips:g} clips/s |")
+  print("|---|---|---|---|")
+  for n, rate, per_core in rows:
+    label = n if n else "0 (main process, 2 read threads)"
+    print(f"| {label} | {rate:.1f} | {per_core:.1f} | {step_clips / per_core:.1f} |")
 
 
 def load():

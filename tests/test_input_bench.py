@@ -37,7 +37,7 @@ def test_file_table_and_pipeline_scaling_on_given_files(tmp_path, capsys):
   parts = [line for line in out.splitlines() if line.startswith("| clip.mp4")][1]
   plain, skipping = (float(c) for c in parts.strip("|").split("|")[-2:])
   assert 16 <= skipping <= plain  # at least the wanted frames; skipping never decodes more
-  assert re.search(r"\| 0 \(main process, 2 read threads\) \| \d+\.\d \| - \|", out)
+  assert re.search(r"\| 0 \(main process, 2 read threads\) \| \d+\.\d \| \d+\.\d \| \d+\.\d \|", out)
 
 
 def test_describe_and_vp9_reencode_keep_frames_and_rate(tmp_path):
