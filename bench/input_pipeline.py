@@ -244,7 +244,7 @@ def _process_tree_cpu_seconds() -> float:
 def worker_scaling(files, workers, batch, batches, step_clips):
   """Clips/s of make_pretrain_dataset (ViT-L/16 masks, 16x224x224 clips) for each worker count: by the wall clock,
   and per CPU-second of the main process and its workers (what each core contributes, whatever the load)."""
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from jepa_jax.configs import default  # pylint: disable=g-import-not-at-top
   from input_pipeline import masks  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   from input_pipeline import sources  # pylint: disable=g-import-not-at-top

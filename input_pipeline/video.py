@@ -22,7 +22,7 @@ import av
 from av.video.reformatter import VideoReformatter
 import numpy as np
 
-from jepa_jax import storage
+from input_pipeline import storage
 
 MIN_FILE_BYTES = 1024  # official: smaller files are rejected ("avoid hanging issue"), reference §5.3.
 MAX_FILE_BYTES = 10**9  # official filter_long_videos default.

@@ -615,7 +615,7 @@ def demo_probe_report(pretrain_workdir: str, config=None, *, epochs: int | None 
   random).
   """
   if config is None:
-    from configs.eval import demo_motion
+    from jepa_jax.configs.eval import demo_motion
     config = demo_motion.get_config()
   config = ml_collections.ConfigDict(config.to_dict())
   config.pretrained = str(pretrain_workdir)

@@ -1,5 +1,7 @@
 """Entry point: `python -m jepa_jax.main --config=configs/vith16.py --workdir=DIR [--config.x=y ...]`.
 
+--config also takes a shipped config by name (`--config=demo`, `--config=eval/vitl16_k400`): config_files.py.
+
 config.mode selects the job: 'pretrain' (V-JEPA pretraining) or 'probe' (frozen attentive-probe evaluation).
 """
 import logging as logging_std
@@ -7,9 +9,10 @@ import logging as logging_std
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+from jepa_jax import config_files
+
+_CONFIG = config_files.DEFINE_config("config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder (local or gs://) for checkpoints, logs and outputs.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for explicit multi-process "
                                    "runs (TPU pods and SLURM are detected without it).")

@@ -30,7 +30,8 @@ for _module in ("gcsfs", "gcp_storage_emulator"):
 from etils import epath  # noqa: E402
 
 from input_pipeline import sources, synthetic, video  # noqa: E402
-from jepa_jax import checkpointing, metrics, storage, synthetic_data  # noqa: E402
+from input_pipeline import storage  # noqa: E402
+from jepa_jax import checkpointing, metrics, synthetic_data  # noqa: E402
 
 BUCKET = "jepa-test"
 _ENV = {

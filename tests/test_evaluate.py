@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tiny
-from configs.eval import base
+from jepa_jax.configs.eval import base
 from jepa_jax import checkpointing
 from jepa_jax import evaluate
 from jepa_jax import sharding

@@ -9,9 +9,10 @@
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (masks).", lock_config=True)
+from jepa_jax import config_files
+
+_CONFIG = config_files.DEFINE_config("config", "Config file or shipped config name (masks).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (features, curves); synthetic data folder (masks).")
 _OUT = flags.DEFINE_string("out", None, "Output file: .png (all), .gif or .mp4 (features).")
 _VIDEO = flags.DEFINE_string("video", None, "Video file (features).")

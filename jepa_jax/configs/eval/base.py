@@ -10,7 +10,7 @@ Official values shared by every task: 20 epochs, lr 1e-3 cosine to 0 without war
 """
 import ml_collections
 
-from configs import default
+from jepa_jax.configs import default
 
 # task -> (num_classes, global batch, weight decay, segments, views, write tag); reference 6.4.
 TASKS = {
