@@ -261,7 +261,8 @@ def worker_scaling(files, workers, batch, batches, step_clips):
     for n in workers:
       it = iter(pipeline.make_pretrain_dataset(config, mask_fn=mask_fn, global_batch_size=batch, num_workers=n,
                                                seed=0))
-      next(it)  # workers started, buffers primed
+      for _ in range(2):  # workers started and decoding steadily (the consumer here is faster than they are)
+        next(it)
       start, cpu_start = time.perf_counter(), _process_tree_cpu_seconds()
       for _ in range(batches):
         next(it)
@@ -269,7 +270,7 @@ def worker_scaling(files, workers, batch, batches, step_clips):
       rows.append((n, batches * batch / wall, batches * batch / max(cpu, 1e-3)))
       del it
   print(f"\nPretraining pipeline (make_pretrain_dataset, ViT-L/16 masks, batch {batch}, {batches} batches timed after "
-        f"one) over the {len(files)} files, `{load()}`:\n")
+        f"two) over the {len(files)} files, `{load()}`:\n")
   print(f"| grain worker processes | clips/s (wall clock) | clips per CPU-second, all processes | cores per "
         f"accelerator at {step_clips:g} clips/s |")
   print("|---|---|---|---|")
@@ -334,7 +335,8 @@ def main():
   parser.add_argument("--before", default="", help="another checkout whose input_pipeline runs side by side")
   parser.add_argument("--workers", default="", help="grain worker counts for the pipeline scaling, e.g. 1,2")
   parser.add_argument("--batch", type=int, default=8, help="batch of the scaling run")
-  parser.add_argument("--batches", type=int, default=8, help="batches timed per worker count")
+  parser.add_argument("--batches", type=int, default=24,
+                      help="batches timed per worker count (work in flight at both ends blurs a short window)")
   parser.add_argument("--step-clips", type=float, default=24.0, help="clips/s one accelerator consumes (ViT-L)")
   args = parser.parse_args()
 

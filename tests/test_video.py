@@ -217,9 +217,9 @@ _SKIP_CASES = [
     # h264 with 3 B-frames and a B-pyramid: the middle B of each group is a reference, the others are not.
     ("libx264", "mp4", "yuv420p", {"bf": "3", "keyint": "24", "min-keyint": "24", "scenecut": "0",
                                    "x264-params": "b-pyramid=normal"}),
-    # Open GOP: B-frames after a keyframe in decoding order but before it on screen refer to the previous GOP.
+    # x264's open GOP in Matroska: keyframes that are not IDR, B-frames around them in presentation order.
     ("libx264", "mkv", "yuv420p", {"x264-params": "open-gop=1:keyint=20:min-keyint=20:bframes=3:scenecut=0"}),
-    # vp9 with hidden alternate reference frames (superframes), as libvpx writes by default at 'good' quality.
+    # vp9 at libvpx's 'good' quality with look-ahead: every frame refreshes a reference, so nothing is skipped.
     ("libvpx-vp9", "webm", "yuv420p", {"g": "24", "lag-in-frames": "12", "auto-alt-ref": "1", "deadline": "good",
                                        "cpu-used": "8"}),
     ("mjpeg", "avi", "yuvj420p", {}),
