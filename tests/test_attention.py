@@ -126,3 +126,47 @@ def test_splash_is_allowed_on_cpu_only_in_interpret_mode_and_packing_is_checked(
   model.attention_impl, model.predictor_packing = "", "diagonal"
   with pytest.raises(config_validation.ConfigError, match=r"config\.model\.predictor_packing='diagonal'"):
     config_validation.validate_model(model, platform="cpu")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The real train step for a TPU slice, compiled ahead of time on this CPU
+
+
+def test_train_step_compiles_for_a_v5e_2x2_slice_with_splash_per_shard_under_fsdp():
+  """config.model.attention_impl='' picks splash for TPU; the kernels see one chip's share of the batch."""
+  import importlib.util
+  import os
+  import re
+  import sys
+  from pathlib import Path
+  if importlib.util.find_spec("libtpu") is None:
+    pytest.skip("libtpu is not installed (pip install 'libtpu==0.0.42.*'): no compile-only TPU topologies")
+  for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "true")):
+    os.environ.setdefault(key, value)
+  from jax.experimental import topologies
+  path = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
+  spec = importlib.util.spec_from_file_location("bench_train_step_for_attention", path)
+  bench = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = bench
+  spec.loader.exec_module(bench)
+
+  topology = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2", chip_config_name="default")
+  mesh = jax.sharding.Mesh(np.array(topology.devices).reshape(1, 4, 1), ("data", "fsdp", "tensor"),
+                           axis_types=(AxisType.Auto,) * 3)
+  config = bench.load_config("configs/demo.py")
+  per_chip = 2
+  bench.configure(config, per_device_batch=per_chip, num_devices=4, dtype="bfloat16", attention="", remat="none",
+                  scan=True, size=bench.parse_size("embed=64,depth=2,heads=2,crop=64,frames=4,pred_depth=1,"
+                                                   "pred_embed=32"), mesh_shape=(1, 4, 1))
+  compiled, _, _ = bench.compile_step(bench.build_step(config, mesh=mesh))
+  hlo = compiled.as_text()
+  kernels = [line for line in hlo.splitlines() if "splash_mha" in line and "custom-call(" in line]
+  names = {re.search(r"(splash_mha_\w+?)(_no)?_residuals", line).group(1) for line in kernels}
+  # forward of all three passes, and the two backward kernels of the context encoder and the predictor
+  assert {"splash_mha_fwd", "splash_mha_dq", "splash_mha_dkv", "splash_mha_fwd_segmented",
+          "splash_mha_dq_segmented", "splash_mha_dkv_segmented"} <= names, names
+  # Per shard: [rows, heads, tokens, head_dim] blocks hold one chip's clips (x2 generators for the predictor).
+  rows = {int(m.group(1)) for line in kernels for m in re.finditer(r"bf16\[(\d+),2,\d+,\d+\]", line)}
+  assert rows and rows <= {per_chip, 2 * per_chip}, rows
+  assert compiled.memory_analysis().temp_size_in_bytes > 0

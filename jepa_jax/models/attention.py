@@ -19,7 +19,6 @@ the one the program is compiled for (the mesh's devices: an ahead-of-time TPU co
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 
 import flax.linen as nn
@@ -154,11 +153,12 @@ def _splash_block(padded_len: int) -> int:
   return next(b for b in (512, 256, 128) if padded_len % b == 0)
 
 
-@functools.lru_cache(maxsize=64)
-def _splash_kernel(num_heads: int, segment_ids: tuple[int, ...], interpret: bool):
-  """A splash kernel for one head count and one static segment layout (padding included); cached across layers."""
+def _splash_kernel(num_heads: int, ids: np.ndarray, interpret: bool):
+  """A splash kernel for one head count and one static segment layout (padding included).
+
+  Built inside the trace: its block tables become constants of this program (splash caches the mask analysis).
+  """
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
-  ids = np.asarray(segment_ids)
   n = ids.shape[0]
   if np.all(ids == ids[0]):
     head_mask = splash.FullMask((n, n))
@@ -167,10 +167,8 @@ def _splash_kernel(num_heads: int, segment_ids: tuple[int, ...], interpret: bool
   block = _splash_block(n)
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                             block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-  # Its block tables become concrete constants (not tracers of the first trace), so later traces can reuse it.
-  with jax.ensure_compile_time_eval():
-    return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * num_heads), block_sizes=sizes, head_shards=1,
-                                  q_seq_shards=1, interpret=interpret)
+  return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * num_heads), block_sizes=sizes, head_shards=1,
+                                q_seq_shards=1, interpret=interpret)
 
 
 def _splash_attention(q, k, v, segment_ids: np.ndarray | None, kv_lengths: jax.Array | None) -> jax.Array:
@@ -193,7 +191,7 @@ def _splash_attention(q, k, v, segment_ids: np.ndarray | None, kv_lengths: jax.A
   interpret = _interpret
 
   def per_shard(q, k, v, lengths):
-    kernel = _splash_kernel(q.shape[1], tuple(static_ids.tolist()), interpret)
+    kernel = _splash_kernel(q.shape[1], static_ids, interpret)
     if lengths is None:
       return jax.vmap(kernel)(q, k, v)
     # Keys past a row's length join the padding segment, and so do the queries there (their rows stay non-empty).
