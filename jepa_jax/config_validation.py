@@ -4,9 +4,11 @@ A wrong config found after a 5-minute compile on a pod wastes the pod; found her
 """
 from __future__ import annotations
 
+import jax
 from etils import epath
 
 from jepa_jax import sharding
+from jepa_jax.models import attention, packing
 from jepa_jax.models.vit import MODEL_ZOO
 
 
@@ -19,7 +21,8 @@ def _require(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def validate_model(model) -> None:
+def validate_model(model, platform: str | None = None) -> None:
+  """platform: where the step will run (default: JAX's default backend); decides which attention kernels exist."""
   _require(model.name in MODEL_ZOO,
            f"config.model.name={model.name!r} is not a model; choose one of {sorted(MODEL_ZOO)}.")
   _require(model.crop_size % model.patch_size == 0,
@@ -32,8 +35,12 @@ def validate_model(model) -> None:
            f"config.model.dtype={model.dtype!r}; use 'float32' or 'bfloat16'.")
   _require(model.remat in ("none", "full", "dots", "dots_no_batch"),
            f"config.model.remat={model.remat!r}; use 'none', 'full', 'dots' or 'dots_no_batch'.")
-  _require(model.attention_impl in ("", "xla", "cudnn"),
-           f"config.model.attention_impl={model.attention_impl!r}; use '' (JAX picks), 'xla' or 'cudnn'.")
+  try:
+    attention.resolve(model.attention_impl, platform or jax.default_backend(), model.dtype)
+    packing.check(model.context_packing, "config.model.context_packing")
+    packing.check(model.predictor_packing, "config.model.predictor_packing")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   validate_positions(model)
 
 

@@ -42,7 +42,12 @@ def get_config() -> ml_collections.ConfigDict:
   # (V-JEPA 2 indexes by frame-count group, and its configs have one group; docs/reference.md §9.2).
   model.mask_token_rule = "generator"
   model.dtype = "bfloat16"  # compute dtype; params stay float32, LayerNorm/softmax/loss in float32.
-  model.attention_impl = ""  # "" (let JAX pick), "xla" or "cudnn": jax.nn.dot_product_attention(implementation=...).
+  # "" picks per platform (TPU: "splash", GPU: "cudnn" for bf16, CPU: "xla"); see jepa_jax/models/attention.py.
+  model.attention_impl = ""
+  # One pass for all mask generators: "sequence" (side by side, block-diagonal attention), "batch" (stacked, padded)
+  # or "none" (one pass per generator, the official structure). See jepa_jax/models/packing.py.
+  model.context_packing = "sequence"
+  model.predictor_packing = "batch"
   model.remat = "none"  # "none" | "full" | "dots" (save matmul outputs) | "dots_no_batch".
   model.scan_layers = False
 

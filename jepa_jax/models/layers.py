@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jepa_jax.models import attention
+
 LN_EPS = 1e-6
 
 # [quirk §2.2 Initialisation] The official pretraining re-initialises every Linear after construction
@@ -171,7 +173,12 @@ class PatchEmbed3D(nnx.Module):
 
 
 class Attention(nnx.Module):
-  """Multi-head self-attention with a fused qkv Linear (rows q | k | v, head-major) and no mask (V1 has none)."""
+  """Multi-head self-attention with a fused qkv Linear (rows q | k | v, head-major).
+
+  V1 attends over the whole sequence; a TokenLayout restricts it when several mask generators share one pass
+  (segments packed along the sequence, or padded rows along the batch) and carries each token's grid position.
+  The kernel (xla, cudnn, splash) is jepa_jax/models/attention.py's, per config.model.attention_impl.
+  """
 
   def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, dtype=jnp.float32,
                attention_impl: str | None = None, rngs: nnx.Rngs):
@@ -183,13 +190,13 @@ class Attention(nnx.Module):
     self.qkv = linear(dim, 3 * dim, ("embed", "heads"), "heads", dtype, rngs)
     self.proj = linear(dim, dim, ("heads", "embed"), "norm", dtype, rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, layout: attention.TokenLayout | None = None) -> jax.Array:
     b, n, d = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, N, H, hd]
     # Scale 1/sqrt(hd) as SDPA's default. The logits and softmax are float32 even for bf16 q/k/v
     # (tests/test_models.py checks the jaxpr).
-    out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+    out = attention.dot_product_attention(q, k, v, implementation=self.attention_impl, layout=layout)
     return self.proj(out.reshape(b, n, d))
 
 
@@ -215,8 +222,8 @@ class Block(nnx.Module):
     self.norm2 = layer_norm(dim, rngs)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = constrain(x + self.attn(self.norm1(x)).astype(jnp.float32))
+  def __call__(self, x: jax.Array, layout: attention.TokenLayout | None = None) -> jax.Array:
+    x = constrain(x + self.attn(self.norm1(x), layout).astype(jnp.float32))
     return constrain(x + self.mlp(self.norm2(x)).astype(jnp.float32))
 
 
@@ -246,22 +253,24 @@ def make_blocks(depth: int, make_block: Callable[[nnx.Rngs], Block], *, scan_lay
   return stack(rngs)
 
 
-def run_blocks(blocks, x: jax.Array, *, scan_layers: bool, remat: str) -> jax.Array:
-  """Applies the blocks in order, functionally (split/merge), with the configured jax.checkpoint policy."""
+def run_blocks(blocks, x: jax.Array, *, scan_layers: bool, remat: str,
+               layout: attention.TokenLayout | None = None) -> jax.Array:
+  """Applies the blocks in order, functionally (split/merge), with the configured jax.checkpoint policy; every
+  block sees the same token layout."""
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
   policy = REMAT_POLICIES[remat]
 
-  def apply(graphdef, state, h):
-    return nnx.merge(graphdef, state)(h)
+  def apply(graphdef, state, h, layout):
+    return nnx.merge(graphdef, state)(h, layout)
 
   if remat != "none":
     apply = jax.checkpoint(apply, policy=policy, static_argnums=(0,), prevent_cse=not scan_layers)
   if scan_layers:
     graphdef, stacked = nnx.split(blocks)
-    x, _ = jax.lax.scan(lambda h, s: (apply(graphdef, s, h), None), x, stacked)
+    x, _ = jax.lax.scan(lambda h, s: (apply(graphdef, s, h, layout), None), x, stacked)
     return x
   for blk in blocks:
     graphdef, state = nnx.split(blk)
-    x = apply(graphdef, state, x)
+    x = apply(graphdef, state, x, layout)
   return x

@@ -1,9 +1,13 @@
 """The V-JEPA predictor (reference §2.3): narrow transformer that fills target positions from context tokens."""
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jepa_jax.models import layers
+from jepa_jax.models import packing as packing_lib
+from jepa_jax.models.attention import TokenLayout
 
 
 class VisionTransformerPredictor(nnx.Module):
@@ -52,6 +56,36 @@ class VisionTransformerPredictor(nnx.Module):
   def __call__(self, context_tokens: jax.Array, context_indices: jax.Array, target_indices: jax.Array,
                mask_index: int) -> jax.Array:
     """context_tokens [B, Kc, D] at context_indices [B, Kc]; predicts [B, Kt, D] at target_indices [B, Kt]."""
+    return self.predict_masks([context_tokens], [context_indices], [target_indices], packing="none",
+                              first_mask_index=mask_index)[0]
+
+  def predict_masks(self, context_tokens: Sequence[jax.Array], context_indices: Sequence[jax.Array],
+                    target_indices: Sequence[jax.Array], packing: str = "batch",
+                    first_mask_index: int = 0) -> list[jax.Array]:
+    """Predictions [B, Kt_g, D] for mask generators g = 0, 1, ... (mask token first_mask_index + g).
+
+    'none' runs the blocks once per generator, as the official PredictorMultiMaskWrapper; 'sequence' and 'batch'
+    run them once over all generators (jepa_jax/models/packing.py). All three compute the same numbers.
+    """
+    packing_lib.check(packing, "config.model.predictor_packing")
+    sequences = [self._tokens(z, c, t, first_mask_index + g)
+                 for g, (z, c, t) in enumerate(zip(context_tokens, context_indices, target_indices))]
+    positions = [jnp.concatenate([c, t], axis=1).astype(jnp.int32) for c, t in zip(context_indices, target_indices)]
+    lengths = [x.shape[1] for x in sequences]
+    if packing == "none":
+      outputs = [self._blocks(x, TokenLayout(positions=p)) for x, p in zip(sequences, positions)]
+    elif packing == "sequence":
+      layout = TokenLayout(positions=packing_lib.pack_sequence(positions), segments=tuple(lengths))
+      outputs = packing_lib.unpack_sequence(self._blocks(packing_lib.pack_sequence(sequences), layout), lengths)
+    else:
+      layout = TokenLayout(positions=packing_lib.pack_batch(positions),
+                           kv_lengths=packing_lib.batch_lengths(lengths, sequences[0].shape[0]))
+      outputs = packing_lib.unpack_batch(self._blocks(packing_lib.pack_batch(sequences), layout), lengths)
+    # Only the target tokens are projected back (official: x[:, N_ctxt:]).
+    return [self.predictor_proj(x[:, -t.shape[1]:]).astype(jnp.float32) for x, t in zip(outputs, target_indices)]
+
+  def _tokens(self, context_tokens, context_indices, target_indices, mask_index: int) -> jax.Array:
+    """[context; targets] of one generator: embedded context tokens and mask tokens, with their positions."""
     pos = jnp.asarray(self.pos_embed())
     x = self.predictor_embed(context_tokens).astype(jnp.float32) + pos[context_indices]
     # Official: mask_tokens[mask_index % num_mask_tokens], repeated over all N positions and gathered at the
@@ -60,7 +94,9 @@ class VisionTransformerPredictor(nnx.Module):
     b, kt = target_indices.shape
     targets = jnp.broadcast_to(token, (b, kt, self.predictor_embed_dim)) + pos[target_indices]
     # [quirk §2.3] V1 concatenates [context; targets] without sorting by position, full attention, no mask.
-    x = layers.constrain(jnp.concatenate([x, targets], axis=1))
-    x = layers.run_blocks(self.predictor_blocks, x, scan_layers=self.scan_layers, remat=self.remat)
-    x = layers.constrain(self.predictor_norm(x))
-    return self.predictor_proj(x[:, -kt:]).astype(jnp.float32)
+    return jnp.concatenate([x, targets], axis=1)
+
+  def _blocks(self, x: jax.Array, layout: TokenLayout) -> jax.Array:
+    x = layers.constrain(x)
+    x = layers.run_blocks(self.predictor_blocks, x, scan_layers=self.scan_layers, remat=self.remat, layout=layout)
+    return layers.constrain(self.predictor_norm(x))

@@ -1,11 +1,14 @@
 """The V-JEPA video encoder (also the target encoder) and the official model zoo (reference §2.1, §2.2)."""
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jepa_jax.models import layers
+from jepa_jax.models import packing as packing_lib
+from jepa_jax.models.attention import TokenLayout
 
 
 class VisionTransformer(nnx.Module):
@@ -52,6 +55,35 @@ class VisionTransformer(nnx.Module):
     Returns float32 [B, K or N, D]. The positions are added before the gather, so kept tokens carry their absolute
     positions (official apply_masks).
     """
+    tokens = self.embed(x)
+    if keep_indices is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape[:2])
+      return self.encode(tokens, TokenLayout(positions=positions))
+    keep_indices = keep_indices.astype(jnp.int32)
+    return self.encode(_gather(tokens, keep_indices), TokenLayout(positions=keep_indices))
+
+  def encode_masks(self, x: jax.Array, masks: Sequence[jax.Array], packing: str = "sequence") -> list[jax.Array]:
+    """The context encoder for several masks of the same clips (one per mask generator): [B, K_g, D] for each.
+
+    'none' runs one forward per mask, as the official MultiMaskWrapper; 'sequence' and 'batch' run one forward over
+    all of them (jepa_jax/models/packing.py) and embed the patches once. All three compute the same numbers.
+    """
+    packing_lib.check(packing, "config.model.context_packing")
+    if packing == "none":
+      return [self(x, keep_indices=m) for m in masks]
+    tokens = self.embed(x)
+    masks = [m.astype(jnp.int32) for m in masks]
+    lengths = [m.shape[1] for m in masks]
+    kept = [_gather(tokens, m) for m in masks]
+    if packing == "sequence":
+      layout = TokenLayout(positions=packing_lib.pack_sequence(masks), segments=tuple(lengths))
+      return packing_lib.unpack_sequence(self.encode(packing_lib.pack_sequence(kept), layout), lengths)
+    layout = TokenLayout(positions=packing_lib.pack_batch(masks),
+                         kv_lengths=packing_lib.batch_lengths(lengths, x.shape[0]))
+    return packing_lib.unpack_batch(self.encode(packing_lib.pack_batch(kept), layout), lengths)
+
+  def embed(self, x: jax.Array) -> jax.Array:
+    """Clip (or image) -> float32 [B, N, D] patch tokens with their sin-cos positions added."""
     if x.ndim == 4:
       # Official image eval: a forward pre-hook repeats each image num_frames times along time (reference §6.3).
       x = jnp.repeat(x[:, None], self.num_frames, axis=1)
@@ -61,11 +93,16 @@ class VisionTransformer(nnx.Module):
                        f"({self.tubelet_size}, {self.patch_size}, {self.patch_size})")
     grid = (t // self.tubelet_size, h // self.patch_size, w // self.patch_size)
     tokens = self.patch_embed(x) + jnp.asarray(self.pos_embed(grid))[None]
-    tokens = layers.constrain(tokens)
-    if keep_indices is not None:
-      tokens = jnp.take_along_axis(tokens, keep_indices[..., None].astype(jnp.int32), axis=1)
-    tokens = layers.run_blocks(self.blocks, tokens, scan_layers=self.scan_layers, remat=self.remat)
+    return layers.constrain(tokens)
+
+  def encode(self, tokens: jax.Array, layout: TokenLayout) -> jax.Array:
+    """Blocks and final norm over embedded tokens laid out as `layout` says; float32 [B, K, D]."""
+    tokens = layers.run_blocks(self.blocks, tokens, scan_layers=self.scan_layers, remat=self.remat, layout=layout)
     return layers.constrain(self.norm(tokens)).astype(jnp.float32)
+
+
+def _gather(tokens: jax.Array, indices: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(tokens, indices[..., None], axis=1)
 
 
 # --------------------------------------------------------------------------------------------------------------
