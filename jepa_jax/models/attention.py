@@ -93,9 +93,13 @@ class TokenLayout:
     time. A per-segment reordering of tokens (V-JEPA 2's predictor sorts by position) keeps the layout.
   kv_lengths: int32 [B]: row b has kv_lengths[b] real tokens followed by padding that no query attends to (mask
     generators concatenated along the batch, each padded to the longest).
+  rope: the rotary tables (cos, sin) of `positions` for V-JEPA 2's RoPE attention (jepa_jax/models/rope.py), built
+    once per forward by the encoder or predictor (which know their token grid) and applied to q and k in every
+    block; None for V-JEPA 1.
   """
   positions: jax.Array | None = None
   kv_lengths: jax.Array | None = None
+  rope: tuple[jax.Array, jax.Array] | None = None
   segments: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
 
   def segment_ids(self) -> np.ndarray | None:

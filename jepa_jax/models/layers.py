@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jepa_jax.models import attention
+from jepa_jax.models import rope
 
 LN_EPS = 1e-6
 
@@ -180,12 +181,15 @@ class Attention(nnx.Module):
   The kernel (xla, cudnn, splash) is jepa_jax/models/attention.py's, per config.model.attention_impl.
   """
 
-  def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, dtype=jnp.float32,
-               attention_impl: str | None = None, rngs: nnx.Rngs):
+  def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, use_rope: bool = False,
+               dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
     if not qkv_bias:
       raise ValueError("every official model uses qkv_bias=True")
+    if use_rope and not rope.chunk_dim(dim // num_heads):
+      raise ValueError(f"3-D RoPE needs a head dim of at least 6; {dim} / {num_heads} heads = {dim // num_heads}")
     self.num_heads = num_heads
     self.dtype = dtype
+    self.use_rope = use_rope
     self.attention_impl = attention_impl
     self.qkv = linear(dim, 3 * dim, ("embed", "heads"), "heads", dtype, rngs)
     self.proj = linear(dim, dim, ("heads", "embed"), "norm", dtype, rngs)
@@ -194,6 +198,12 @@ class Attention(nnx.Module):
     b, n, d = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, N, H, hd]
+    if self.use_rope:
+      # V-JEPA 2 (docs/reference.md §9.1): q and k rotated by each token's (t, h, w) after the qkv projection; v not.
+      if layout is None or layout.rope is None:
+        raise ValueError("RoPE attention needs the rotary tables of its tokens (TokenLayout.rope)")
+      tables = rope.RopeTables(*layout.rope)
+      q, k = rope.apply_rope_tables(q, tables), rope.apply_rope_tables(k, tables)
     # Scale 1/sqrt(hd) as SDPA's default. The logits and softmax are float32 even for bf16 q/k/v
     # (tests/test_models.py checks the jaxpr).
     out = attention.dot_product_attention(q, k, v, implementation=self.attention_impl, layout=layout)
@@ -212,13 +222,13 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm transformer block; no layer-scale, no drop-path, no dropout (V1)."""
+  """Pre-norm transformer block; no layer-scale, no drop-path, no dropout (V1, and V-JEPA 2 with use_rope)."""
 
   def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-               dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
+               use_rope: bool = False, dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
     self.norm1 = layer_norm(dim, rngs)
-    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, attention_impl=attention_impl,
-                          rngs=rngs)
+    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, use_rope=use_rope, dtype=dtype,
+                          attention_impl=attention_impl, rngs=rngs)
     self.norm2 = layer_norm(dim, rngs)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
@@ -251,6 +261,30 @@ def make_blocks(depth: int, make_block: Callable[[nnx.Rngs], Block], *, scan_lay
     return make_block(r)
 
   return stack(rngs)
+
+
+def rescale_blocks(blocks, *, scan_layers: bool) -> None:
+  """The official _rescale_blocks: block i's attn.proj and mlp.fc2 weights divided by sqrt(2 (i + 1)).
+
+  V-JEPA 2 keeps it in the initial weights (its init_video_model does not re-initialise the Linears afterwards,
+  docs/reference.md §9.1); V-JEPA 1's training undoes it (the quirk at weight_init above), so it is not applied there.
+  """
+  for kernel in ("attn", "proj"), ("mlp", "fc2"):
+    if scan_layers:
+      param = getattr(getattr(blocks, kernel[0]), kernel[1]).kernel
+      depth = param.shape[0]
+      scale = 1.0 / np.sqrt(2.0 * np.arange(1, depth + 1, dtype=np.float64))
+      param[...] = param[...] * jnp.asarray(scale, jnp.float32)[:, None, None]
+    else:
+      for i, blk in enumerate(blocks):
+        param = getattr(getattr(blk, kernel[0]), kernel[1]).kernel
+        param[...] = param[...] / jnp.float32(math.sqrt(2.0 * (i + 1)))
+
+
+def rope_layout(positions: jax.Array, grid: tuple[int, int, int], head_dim: int, **fields) -> attention.TokenLayout:
+  """A TokenLayout whose rotary tables are built once, here, for every block of a forward (V-JEPA 2)."""
+  return attention.TokenLayout(positions=positions, rope=tuple(rope.rope_tables(positions, grid, head_dim)),
+                               **fields)
 
 
 def run_blocks(blocks, x: jax.Array, *, scan_layers: bool, remat: str,
