@@ -342,3 +342,45 @@ def test_front_door_readers_tell_the_layouts_apart(tmp_path):
   with pytest.raises(loading.EncoderSourceError, match=r"is a V-JEPA 2 \(RoPE\) encoder but "
                      "config.model.pos_embed='sincos'"):
     loading.load_encoder(str(tmp_path / "vitl.pt"), config=tiny.tiny_config())
+
+
+# ----------------------------------------------------------------------------------------------- features
+
+def _torch_features(enc, clips):
+  """The oracle's features of uint8 clips, normalised as our Encoder normalises them."""
+  from jepa_jax.train_step import normalize_clips
+  x = np.asarray(normalize_clips(clips, np.float32))
+  with torch.no_grad():
+    return enc.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 4, 1, 2, 3)))).numpy()
+
+
+def test_released_and_hugging_face_files_give_the_oracles_features(tmp_path):
+  _, _, tgt = _released_file(tmp_path / "vitl.pt", seed=6)
+  enc_hf, _ = _hf_file(tmp_path / "hf", seed=7)
+  clips = np.random.default_rng(0).integers(0, 256, (3, 4, 64, 64, 3), dtype=np.uint8)
+  released = loading.load_encoder(str(tmp_path / "vitl.pt"), config=tiny.tiny_v2_config())
+  err = ref_v1.rel_error(released.encode(clips), _torch_features(tgt, clips))
+  hf = loading.load_encoder(str(tmp_path / "hf" / "model.safetensors"))  # config.json says the model
+  err_hf = ref_v1.rel_error(hf.encode(clips), _torch_features(enc_hf, clips))
+  print(f"front door features: released layout {err:.2e}, Hugging Face {err_hf:.2e}")
+  assert hf.config.model.pos_embed == "rope" and hf.config.model.num_heads == 2
+  assert err <= 1e-5 and err_hf <= 1e-5
+
+
+def test_extract_and_feature_maps_on_a_released_file_and_its_imported_run(tmp_path):
+  from input_pipeline import synthetic
+  from jepa_jax import extract, visualize
+  _, _, tgt = _released_file(tmp_path / "vitl.pt", seed=8, epoch=1)
+  config = tiny.tiny_v2_config()
+  clips = np.random.default_rng(1).integers(0, 256, (2, 4, 64, 64, 3), dtype=np.uint8)
+  np.save(tmp_path / "clips.npy", clips)
+  from_file = extract.run(str(tmp_path / "vitl.pt"), str(tmp_path / "a.npz"), clips=str(tmp_path / "clips.npy"),
+                          config=config)
+  np.testing.assert_allclose(from_file["features"], _torch_features(tgt, clips), rtol=1e-5, atol=1e-5)
+  import_torch.import_checkpoint(str(tmp_path / "vitl.pt"), config, str(tmp_path / "run"))
+  from_run = extract.run(str(tmp_path / "run"), str(tmp_path / "b.npz"), clips=str(tmp_path / "clips.npy"))
+  np.testing.assert_allclose(from_run["features"], from_file["features"], rtol=1e-6, atol=1e-6)
+  synthetic.write_dataset(str(tmp_path / "videos"), 2, num_frames=12)
+  video = sorted((tmp_path / "videos").rglob("*.mp4"))[0]
+  out = visualize.draw_features(str(tmp_path / "run"), str(video), str(tmp_path / "features.png"))
+  assert os.path.getsize(out) > 1000
