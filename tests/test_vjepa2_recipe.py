@@ -117,7 +117,8 @@ def test_a_cooldown_without_init_from_is_refused_before_anything_is_built():
 # ----------------------------------------------------------------------------------------------- the cooldown path
 
 def _loop_config(videos, total_steps, **overrides):
-  config = tiny.tiny_config(**overrides)
+  """The tiny V-JEPA 2 model (RoPE, its predictor and schedules) in the real loop on synthetic videos."""
+  config = tiny.tiny_v2_config(**overrides)
   config.data.synthetic_videos = 0
   config.data.datasets = (str(videos / "videos" / "motion_train.csv"),)
   config.optim.total_steps = total_steps
@@ -196,3 +197,8 @@ def test_init_from_that_names_nothing_usable_is_a_clear_error(pretrained, tmp_pa
   other.model.pred_depth = 2
   with pytest.raises(warm_start.InitFromError, match="config.model.pred_depth: 2 here, 1 in"):
     train.train_and_evaluate(other, str(tmp_path / "w2"))
+  v1 = _cooldown_config(pretrained, pretrained / "pretrain", 2)
+  v1.model.pos_embed = "sincos"
+  with pytest.raises(warm_start.InitFromError, match="config.model.pos_embed='sincos' gives pos_embed sincos but the "
+                     "run .* has rope"):
+    train.train_and_evaluate(v1, str(tmp_path / "w3"))
