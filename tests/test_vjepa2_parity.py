@@ -256,3 +256,36 @@ def test_v2_init_keeps_the_depth_rescale_and_v1_does_not():
         for a, b in (("attn", "proj"), ("mlp", "fc2")):
           assert float(pick(layer(v2, a, b)).std()) == pytest.approx(0.02 / np.sqrt(2 * (i + 1)), rel=0.03)
           assert float(pick(layer(v1, a, b)).std()) == pytest.approx(0.02, rel=0.03)
+
+
+def test_v2_train_step_compiles_for_a_v5e_2x2_slice_with_rope_splash_and_fsdp():
+  """The V-JEPA 2 step ahead of time for a TPU slice on this CPU: RoPE before the splash kernel, per shard."""
+  import importlib.util
+  import os
+  if importlib.util.find_spec("libtpu") is None:
+    pytest.skip("libtpu is not installed (pip install 'libtpu==0.0.42.*'): no compile-only TPU topologies")
+  for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                     ("ALLOW_MULTIPLE_LIBTPU_LOAD", "true")):
+    os.environ.setdefault(key, value)
+  from jax.experimental import topologies
+  from input_pipeline import masks as masks_lib
+  from jepa_jax import compiled_step, sharding
+  topology = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2", chip_config_name="default")
+  mesh = jax.sharding.Mesh(np.array(topology.devices).reshape(1, 4, 1), sharding.MESH_AXES,
+                           axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  config = tiny.tiny_v2_config(**{"model.dtype": "bfloat16", "model.scan_layers": True, "model.embed_dim": 128,
+                                  "model.pred_embed_dim": 64, "data.batch_size": 8, "mesh.shape": (1, 4, 1)})
+  assert config.model.attention_impl == ""  # splash, picked for the TPU
+  specs = masks_lib.mask_specs_from_config(config, 2)
+  defs = train_state.model_defs(config)
+  tx = optim.make_optimizer(config.optim)
+  # Not under jax.set_mesh: eval_shape(tx.init) evaluates constants eagerly on the mesh's devices, which fails for
+  # compile-only TPU devices (as bench/train_step.py:build_step).
+  with nnx.logical_axis_rules(sharding.logical_rules(config.mesh)):
+    state_sh = train_state.state_shardings(defs, tx, mesh, sharding.logical_rules(config.mesh))
+    abstract = train_state.abstract_state(defs, tx, state_sh)
+  fns = train_step_lib.make_step_functions(config, defs.encoder_def, defs.predictor_def, tx)
+  compiled, _, _ = compiled_step.compile_train_step(config, fns, state_sh, abstract, specs, mesh)
+  hlo = compiled.as_text()
+  assert any("splash_mha" in line and "custom-call(" in line for line in hlo.splitlines())
+  assert compiled.memory_analysis().temp_size_in_bytes > 0
