@@ -141,7 +141,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   flags.DEFINE_string("workdir", None, "Pretraining workdir (checkpoints/ and config.json).")
   flags.DEFINE_string("videos", "", "Official-format list ('path label' per line).")
   flags.DEFINE_string("clips", "", "uint8 .npy array [N, T, H, W, 3] (or images [N, H, W, 3]).")
@@ -152,4 +152,5 @@ if __name__ == "__main__":
   flags.DEFINE_string("checkpoint_key", "target_encoder", "'target_encoder' or 'encoder'.")
   flags.DEFINE_integer("resolution", 0, "Crop size; 0: the pretraining crop size.")
   flags.mark_flags_as_required(["workdir", "out"])
-  app.run(main)
+  from jepa_jax import cli
+  cli.run(main)

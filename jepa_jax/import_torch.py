@@ -243,7 +243,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
   sys.argv = [a.replace("--only-target", "--only_target") for a in sys.argv]
   config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py) of the model in the file.")
@@ -252,4 +252,5 @@ if __name__ == "__main__":
   flags.DEFINE_bool("only_target", False, "Encoder-only file: encoder = target = its target_encoder (or encoder); "
                     "predictor freshly initialised.")
   flags.mark_flags_as_required(["checkpoint", "config", "workdir"])
-  app.run(main)
+  from jepa_jax import cli
+  cli.run(main)
