@@ -174,8 +174,8 @@ class Checkpointer:
     if not read_only:
       self._remove_unfinished_saves()
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        save_interval_steps=1,  # should_save() decides; force=True must be able to save at any step.
+        max_to_keep=None if read_only else keep,  # (orbax warns when a reader passes saving options)
+        save_interval_steps=0 if read_only else 1,  # should_save() decides; force=True saves at any step.
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=not read_only,  # object stores' unfinished steps (no commit_success marker)
         create=not read_only,
@@ -420,7 +420,7 @@ def restore_params_only(workdir_or_ckpt_dir, abstract_subset, step: Optional[int
   run beside the training run).
   """
   directory = _resolve_dir(workdir_or_ckpt_dir)
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None, save_interval_steps=0)
   manager = ocp.CheckpointManager(
       directory, options=options, item_handlers={_STATE: ocp.PyTreeCheckpointHandler()})
   try:

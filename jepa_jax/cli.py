@@ -45,6 +45,8 @@ _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permis
 _LIBRARY_PATHS = ("/orbax/", "/grain/", "/jax/_src/", "/jax/experimental/", "/etils/", "/absl/")
 # Our own one-line report covers these; the libraries' copies (with tracebacks, from background threads) go.
 _REPORTED_BY_US = ("No space left on device", "Disk quota exceeded", "RESOURCE_EXHAUSTED")
+# Warnings that say nothing to act on: orbax warns on every read-only manager (export, pictures, evaluation).
+_HARMLESS = ("Given directory is read only",)
 
 
 def verbose() -> bool:
@@ -61,7 +63,7 @@ class QuietLibraries(logging_std.Filter):
     if record.levelno < logging_std.WARNING:
       return False
     message = record.getMessage()
-    if any(s in message for s in _REPORTED_BY_US):
+    if any(s in message for s in _REPORTED_BY_US + _HARMLESS):
       return False
     checkpointing = sys.modules.get("jepa_jax.checkpointing")
     if record.exc_info and checkpointing and checkpointing.is_out_of_space(record.exc_info[1]):

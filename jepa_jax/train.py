@@ -182,7 +182,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if ckpt.should_save(step) or stopping or step == total_steps:
         ckpt.save(step, state, data_iterator=data_iter, config=config, force=True)
         if is_primary:
-          visualize.write_curves(workdir)
+          try:
+            visualize.write_curves(workdir)
+          except OSError as e:  # a picture is not worth stopping the run for (a full disk is found by the save)
+            logging.warning("Could not write the loss curves picture: %s", e)
         if stopping:
           logging.warning("Preemption signal received: saved step %d and stopping.", step)
           break
