@@ -111,10 +111,10 @@ def step_damage(step_dir: epath.Path) -> Optional[str]:
   if iter_dir.is_dir():
     json_files.append(iter_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json")
   for path in json_files:
-    if path.name == "metadata" and not path.exists():
-      continue  # a checkpoint imported from PyTorch may hold no config item
     if not path.exists():
-      return f"{path.relative_to(step_dir)} is missing"
+      if path.name == "_METADATA" and path.parent.name == _STATE:
+        return f"{path.relative_to(step_dir)} is missing"
+      continue  # optional: older orbax wrote no _CHECKPOINT_METADATA; an imported checkpoint may hold no config
     try:
       json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -283,7 +283,7 @@ class Checkpointer:
     if not steps:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
     damaged = []
-    for candidate in steps:
+    for i, candidate in enumerate(steps):
       reason = step_damage(self.directory / str(candidate))
       if _all_processes_agree(reason is None):
         try:
@@ -295,8 +295,8 @@ class Checkpointer:
           self.restored_step = candidate
           return state
       reason = reason or "another process could not read its part (see that process's log)"
-      logging.warning("Checkpoint step %d in %s cannot be read: %s. Trying the previous step.", candidate,
-                      self.directory, reason)
+      logging.warning("Checkpoint step %d in %s cannot be read: %s.%s", candidate, self.directory, reason,
+                      " Trying the previous step." if i + 1 < len(steps) else "")
       damaged.append((candidate, reason))
     listing = "; ".join(f"step {s}: {r}" for s, r in damaged)
     raise NoReadableCheckpointError(

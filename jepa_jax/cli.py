@@ -97,12 +97,23 @@ def fail(label: str, message: str, code: int) -> None:
   sys.exit(code)
 
 
+def _loaded_as(module: str) -> list:
+  """The module object(s) of `module`: `python -m jepa_jax.import_torch` runs it as __main__, whose classes
+  are not those of a later `import jepa_jax.import_torch`."""
+  found = [m for m in (sys.modules.get(module),) if m is not None]
+  main = sys.modules.get("__main__")
+  if getattr(getattr(main, "__spec__", None), "name", None) == module:
+    found.append(main)
+  return found
+
+
 def classify(error: BaseException):
   """(label, exit code) for an error the user can act on, or None for a bug (which keeps its traceback)."""
   for module, name, label, code in _KNOWN_ERRORS:
-    cls = getattr(sys.modules.get(module), name, None)
-    if cls is not None and isinstance(error, cls):
-      return label, code
+    for loaded in _loaded_as(module):
+      cls = getattr(loaded, name, None)
+      if cls is not None and isinstance(error, cls):
+        return label, code
   if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):  # logs, pictures, data
     return "error", EXIT_FAULT
   if isinstance(error, _PATH_ERRORS):
