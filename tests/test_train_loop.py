@@ -1,6 +1,7 @@
 """The pretraining loop end to end on real (synthetic) videos: exact resume (also past a damaged checkpoint, after
 kill -9, with data workers), preemption agreed by every process, bad configs, NaN stop, one trainer per workdir."""
 import csv
+import glob
 import os
 import re
 import shutil
@@ -234,6 +235,20 @@ def _wait_for(condition, what, timeout=900):
     time.sleep(0.5)
 
 
+def _children(pid):
+  """Pids of the processes whose parent is `pid` (from /proc)."""
+  found = []
+  for stat in glob.glob("/proc/[0-9]*/stat"):
+    try:
+      with open(stat) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if int(fields[1]) == pid:
+      found.append(int(stat.split("/")[2]))
+  return found
+
+
 def _logged_steps(workdir):
   path = workdir / "jepa_r0.csv"
   return len(path.read_text().splitlines()) - 1 if path.exists() else 0
@@ -321,9 +336,13 @@ def test_kill_9_with_data_workers_resumes_exactly_and_the_live_run_holds_its_wor
     assert refusal.startswith(f"error: workdir {workdir} is in use by another training run: host "
                               f"{socket.gethostname()}, pid {proc.pid}, started 20"), refusal
     assert "Traceback" not in second.stderr
+    data_workers = _children(proc.pid)
+    assert len(data_workers) >= 2, data_workers
   finally:
     proc.kill()
     proc.wait()
+  _wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in data_workers),
+            "the killed run's data workers to exit", timeout=60)  # no orphans left holding memory
   latest = _latest_step(workdir)
   assert latest + 3 <= REFERENCE_STEPS
 
