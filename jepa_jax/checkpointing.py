@@ -300,8 +300,9 @@ class Checkpointer:
       damaged.append((candidate, reason))
     listing = "; ".join(f"step {s}: {r}" for s, r in damaged)
     raise NoReadableCheckpointError(
-        f"no checkpoint in {self.directory} can be read ({listing}). Nothing was moved or deleted. Restore the "
-        "folder from a copy, or move it away to start the run from scratch.")
+        f"no checkpoint in {self.directory} can be read ({listing}). Nothing was moved or deleted. If the steps "
+        "were written with another config (model size, optimizer), run with that config; if they are damaged, "
+        "restore the folder from a copy, or move it away to start the run from scratch.")
 
   def _restore_step(self, step: int, abstract_state, data_iterator):
     items = {_STATE: ocp.args.StandardRestore(abstract_state)}

@@ -178,7 +178,10 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(videos):
 
 
 def _latest_step(workdir):
-  return checkpointing.Checkpointer(workdir, read_only=True).latest_step()
+  """The newest finalised step: on a local disk orbax renames a step's folder to its number only when complete."""
+  folder = os.path.join(workdir, "checkpoints")
+  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+  return max(steps, default=None)
 
 
 REFERENCE_STEPS = 20
@@ -206,6 +209,8 @@ def _launch_local(videos, name, processes, devices, total_steps, extra=()):
   env = _env(devices)
   env.update(NUM_PROCESSES=str(processes), DEVICES_PER_PROCESS=str(devices), LOG_DIR=str(videos / f"{name}_logs"),
              GRACE_SECONDS="10")
+  # No persistent compilation cache here: a worker that loads the step from it reaches the first collective a
+  # minute before the others compile theirs, and gloo's context set-up gives up after 30 s.
   command = [os.path.join(ROOT, "launch", "local_multiprocess.sh")] + _main_command(
       videos / name, videos / "videos" / "motion_train.csv", total_steps, extra)[3:]
   return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
