@@ -137,6 +137,8 @@ def parse_flags(argv):
     fail("config error", f"the config has no field {e}; check the overrides {overrides}", EXIT_REFUSED)
   except (TypeError, ValueError) as e:  # raised inside a config file's get_config()
     fail("config error", f"the config file raised: {e}", EXIT_REFUSED)
+  except SyntaxError as e:
+    fail("config error", f"the config file {e.filename} does not parse: {e.msg} (line {e.lineno})", EXIT_REFUSED)
   for name in _config_flag_names():
     value = flags.FLAGS[name].value
     try:

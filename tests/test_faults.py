@@ -63,10 +63,14 @@ def test_a_config_error_is_one_line_on_stderr_and_exit_2(tmp_path, args, message
   assert proc.stderr.strip() == _one_line_error(proc, 2, message)  # nothing else at all: no log lines either
 
 
-def test_a_config_file_that_does_not_exist_is_a_config_error(tmp_path):
+def test_a_config_file_that_is_missing_or_does_not_parse_is_a_config_error(tmp_path):
   proc = _command("jepa_jax.main", "--config=configs/no_such_config.py", f"--workdir={tmp_path}")
   line = _one_line_error(proc, 2, "config error: --config: cannot load the config file:")
   assert "No such file or directory: 'configs/no_such_config.py'" in line
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(:\n  pass\n")
+  proc = _command("jepa_jax.main", f"--config={broken}", f"--workdir={tmp_path}")
+  _one_line_error(proc, 2, f"config error: the config file {broken} does not parse: invalid syntax (line 1)")
 
 
 def test_a_checkpoint_folder_with_no_readable_step_is_one_line_naming_every_step(tmp_path):
