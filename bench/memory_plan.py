@@ -39,6 +39,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import AxisType, Mesh  # noqa: E402
 
+from jepa_jax import compiled_step  # noqa: E402
 from jepa_jax import sharding  # noqa: E402
 
 # name -> (libtpu topology name, chip_config_name, HBM GiB per device as libtpu's OOM message states it)
@@ -48,7 +49,6 @@ TOPOLOGIES = {
     "v6e": ("v6e:2x4", "default", 31.25),
     "v5p": ("v5p:2x2x1", "megacore", 95.74),
 }
-MODELS = {"demo": "configs/demo.py", "vitl16": "configs/vitl16.py", "vith16": "configs/vith16.py", "vith16_384": "configs/vith16_384.py"}
 GIB = 2 ** 30
 
 
@@ -78,7 +78,7 @@ def plan_one(model: str, topology: str, per_device_batch: int, remat: str, *, fs
   """Compiles one configuration; returns its memory figures, or fits=False with the compiler's OOM message."""
   mesh = topology_mesh(topology, fsdp)
   n = mesh.devices.size
-  config = bench.load_config(MODELS.get(model, model))
+  config = bench.load_config(model)  # a shipped config name (vitl16) or a config file
   bench.configure(config, per_device_batch=per_device_batch, num_devices=n, dtype=dtype, attention=attention,
                   remat=remat, scan=scan, size=bench.parse_size(size), mesh_shape=mesh.devices.shape)
   row = {"model": model, "topology": topology, "devices": n, "hbm_gib": TOPOLOGIES[topology][2],
@@ -99,13 +99,13 @@ def plan_one(model: str, topology: str, per_device_batch: int, remat: str, *, fs
     if need:
       row["required_gib"] = float(need.group(1)) * {"G": 1, "M": 2 ** -10, "K": 2 ** -20}[need.group(2)]
     return row
-  mem = bench.memory_figures(compiled)
+  mem = compiled_step.memory_figures(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   row.update(fits=True, compile_s=lower_s + compile_s, peak_gib=mem["peak"] / GIB,
              argument_gib=mem["argument_size"] / GIB, temp_gib=mem["temp_size"] / GIB,
              xla_flops_lower_bound=float((cost or {}).get("flops", 0.0)),
-             analytic_flops=bench.analytic_step_flops(bench.model_dims(config, setup.specs), per_device_batch))
+             analytic_flops=bench.step_flops_per_device(config, setup.specs, n))
   return row
 
 

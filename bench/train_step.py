@@ -5,15 +5,14 @@ the same step in PyTorch eager (tests/torch_reference.py) on the same shapes, ma
   python bench/train_step.py --config=vit_small --size=crop=64,frames=8,depth=4 --batch=4 --compare-torch
 
 Prints one markdown table row per run (header first). Figures are per device. The FLOPs are analytic (matmuls and
-attention, 2 per multiply-add, backward = 2x forward; see analytic_step_flops) because XLA's cost analysis counts a
-scanned layer once. Nothing here is asserted in tests; tests/test_bench.py only checks that it runs.
+attention, 2 per multiply-add; jepa_jax/flops.py, the count the training log uses) because XLA's cost analysis
+counts a scanned layer once. The step is compiled by jepa_jax/compiled_step.py, as in training. Nothing here is
+asserted in tests; tests/test_bench.py only checks that it runs.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import importlib.util
 import json
 import statistics
 import sys
@@ -31,23 +30,16 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from input_pipeline import masks as masks_lib  # noqa: E402
+from jepa_jax import compiled_step  # noqa: E402
+from jepa_jax import config_files  # noqa: E402
+from jepa_jax import flops as flops_lib  # noqa: E402
+from jepa_jax import metrics  # noqa: E402
 from jepa_jax import optim  # noqa: E402
 from jepa_jax import sharding  # noqa: E402
 from jepa_jax import train_state  # noqa: E402
 from jepa_jax import train_step as train_step_lib  # noqa: E402
-from jepa_jax.models import build_encoder  # noqa: E402
+from jepa_jax.models import MODEL_SIZES, ModelDims, model_dims  # noqa: E402
 
-# Dense peak FLOP/s per device for the compute dtype (datasheet figures; MFU is against these).
-PEAK_FLOPS = {
-    # substring of device_kind: {dtype: peak}
-    "H100": {"bfloat16": 989e12, "float32": 495e12},  # SXM; float32 matmuls run as TF32 by default in XLA
-    "H200": {"bfloat16": 989e12, "float32": 495e12},
-    "A100": {"bfloat16": 312e12, "float32": 156e12},
-    "TPU v4": {"bfloat16": 275e12},
-    "TPU v5 lite": {"bfloat16": 197e12},
-    "TPU v5": {"bfloat16": 459e12},
-    "TPU v6 lite": {"bfloat16": 918e12},
-}
 SIZE_KEYS = {"embed": "embed_dim", "depth": "depth", "heads": "num_heads", "crop": "crop_size",
              "frames": "num_frames", "pred_depth": "pred_depth", "pred_embed": "pred_embed_dim",
              "patch": "patch_size"}
@@ -61,17 +53,13 @@ COLUMNS = ("run", "device", "dtype", "attn", "remat", "scan", "B/dev", "tokens",
 # ----------------------------------------------------------------------------------------------------------------
 
 def load_config(name: str):
-  """A config file path (configs/vitl16.py) or a model zoo name (vit_large: the defaults with that model)."""
-  if name.endswith(".py"):
-    path = Path(name) if Path(name).is_absolute() else ROOT / name
-    spec = importlib.util.spec_from_file_location(f"bench_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-  from configs import default
-  config = default.get_config()
-  config.model.name = name
-  return config
+  """A model zoo name (vit_large: the defaults with that model), or what --config takes in training: a config file
+  (configs/vitl16.py) or a shipped config name (vitl16); relative paths are from the repository root."""
+  if name in MODEL_SIZES:
+    config = config_files.load("default")
+    config.model.name = name
+    return config
+  return config_files.load(str(ROOT / name) if (ROOT / name).is_file() else name)
 
 
 def parse_size(text: str) -> dict:
@@ -106,66 +94,10 @@ def configure(config, *, per_device_batch: int, num_devices: int, dtype=None, at
   return config
 
 
-@dataclasses.dataclass(frozen=True)
-class Dims:
-  """The sizes the FLOP count and the PyTorch twin need."""
-  embed_dim: int
-  depth: int
-  num_heads: int
-  mlp_hidden: int
-  pred_embed_dim: int
-  pred_depth: int
-  pred_num_heads: int
-  pred_mlp_hidden: int
-  patch_size: int
-  tubelet_size: int
-  num_frames: int
-  crop_size: int
-  num_tokens: int
-  num_context: tuple[int, ...]
-  num_target: tuple[int, ...]
-
-
-def model_dims(config, specs) -> Dims:
-  encoder = build_encoder(config.model, nnx.Rngs(0), abstract_depth=1)
-  blocks = nnx.to_pure_dict(nnx.state(encoder.blocks))
-  hidden = [x.shape[-1] for p, x in jax.tree_util.tree_flatten_with_path(blocks)[0]
-            if "fc1" in jax.tree_util.keystr(p) and "kernel" in jax.tree_util.keystr(p)][0]
-  m = config.model
-  depth = m.depth or {"vit_tiny": 12, "vit_small": 12, "vit_base": 12, "vit_large": 24, "vit_huge": 32,
-                      "vit_giant": 40, "vit_gigantic": 48}[m.name]
-  grid = masks_lib.token_grid(crop_size=m.crop_size, num_frames=m.num_frames, patch_size=encoder.patch_size,
-                              tubelet_size=m.tubelet_size)
-  return Dims(embed_dim=encoder.embed_dim, depth=depth, num_heads=encoder.num_heads, mlp_hidden=hidden,
-              pred_embed_dim=m.pred_embed_dim, pred_depth=m.pred_depth,
-              pred_num_heads=m.pred_num_heads or encoder.num_heads, pred_mlp_hidden=4 * m.pred_embed_dim,
-              patch_size=encoder.patch_size, tubelet_size=m.tubelet_size, num_frames=m.num_frames,
-              crop_size=m.crop_size, num_tokens=int(np.prod(grid)),
-              num_context=tuple(s.num_context for s in specs), num_target=tuple(s.num_target for s in specs))
-
-
-def analytic_step_flops(d: Dims, batch: int) -> float:
-  """Matmul + attention FLOPs of one train step for `batch` clips (2 per multiply-add).
-
-  target encoder forward on all N tokens (x1) + per mask generator: context encoder on Kc tokens and predictor on
-  Kc + Kt tokens, forward and backward (x3). Patch embedding runs on all N tokens in both encoders (the gather
-  follows it); its backward needs only the weight gradient (x2). Element-wise work (norms, GELU, softmax, AdamW,
-  EMA) is left out: it is < 5% at real sizes.
-  """
-  def blocks(n, dim, hidden, depth):
-    per_token = 2 * (3 * dim * dim + dim * dim + 2 * dim * hidden)
-    attention = 2 * 2 * n * n * dim  # QK^T and AV
-    return depth * (n * per_token + attention)
-
-  patch = 2 * d.num_tokens * (3 * d.tubelet_size * d.patch_size ** 2) * d.embed_dim
-  total = patch + blocks(d.num_tokens, d.embed_dim, d.mlp_hidden, d.depth)
-  for kc, kt in zip(d.num_context, d.num_target):
-    encoder = blocks(kc, d.embed_dim, d.mlp_hidden, d.depth)
-    predictor = (2 * kc * d.embed_dim * d.pred_embed_dim
-                 + blocks(kc + kt, d.pred_embed_dim, d.pred_mlp_hidden, d.pred_depth)
-                 + 2 * kt * d.pred_embed_dim * d.embed_dim)
-    total += 2 * patch + 3 * (encoder + predictor)
-  return float(total * batch)
+def step_flops_per_device(config, specs, num_devices: int) -> float:
+  """jepa_jax/flops.py's count of one train step over the global batch (the count behind the training log's MFU),
+  per device."""
+  return flops_lib.train_step_flops_from_config(config, specs)["total"] / num_devices
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,24 +109,13 @@ class StepSetup:
   config: object
   mesh: object
   specs: list
+  fns: object  # train_step.StepFunctions
   state_shardings: dict
-  jitted: object  # jax.jit(train_step) with shardings and donation
   abstract_state: dict
-  abstract_batch: dict
-
-
-def abstract_batch(config, specs, mesh) -> dict:
-  """ShapeDtypeStructs of one global batch, sharded over the batch axes."""
-  m, b = config.model, config.data.batch_size
-  sh = sharding.batch_sharding(mesh)
-  sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=sh)
-  return {"clips": sds((b, m.num_frames, m.crop_size, m.crop_size, 3), np.uint8),
-          "context_masks": tuple(sds((b, s.num_context), np.int32) for s in specs),
-          "target_masks": tuple(sds((b, s.num_target), np.int32) for s in specs)}
 
 
 def build_step(config, devices=None, specs=None, mesh=None) -> StepSetup:
-  """The real jitted train step (shardings and donation as jepa_jax/train.py) plus abstract inputs.
+  """The real train step's pieces (model, optimizer, shardings as jepa_jax/train.py) and its abstract state.
 
   mesh: a ready mesh (e.g. over compile-only TPU topology devices); otherwise one from config.mesh over devices.
   """
@@ -210,38 +131,14 @@ def build_step(config, devices=None, specs=None, mesh=None) -> StepSetup:
   # for compile-only TPU devices ('Executable' object has no attribute 'local_devices').
   with nnx.logical_axis_rules(rules):
     state_sh = train_state.state_shardings(defs, tx, mesh, rules)
-    jitted = jax.jit(functools.partial(train_step_lib.train_step, fns=fns),
-                     in_shardings=(state_sh, sharding.batch_sharding(mesh)),
-                     out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
     abstract = train_state.abstract_state(defs, tx, state_sh)
-  return StepSetup(config, mesh, specs, state_sh, jitted, abstract, abstract_batch(config, specs, mesh))
+  return StepSetup(config, mesh, specs, fns, state_sh, abstract)
 
 
 def compile_step(setup: StepSetup):
-  """Lowers and compiles for the abstract inputs; returns (compiled, lower seconds, compile seconds)."""
-  rules = sharding.logical_rules(setup.config.mesh)
-  with jax.set_mesh(setup.mesh), nnx.logical_axis_rules(rules):
-    t0 = time.perf_counter()
-    lowered = setup.jitted.lower(setup.abstract_state, setup.abstract_batch)
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
-  return compiled, t1 - t0, t2 - t1
-
-
-def memory_figures(compiled) -> dict:
-  """Per-device bytes from the compiled program. 'peak' is peak_memory_in_bytes where the backend fills it (TPU);
-  otherwise arguments + outputs + temporaries - aliased (donated) bytes, an upper bound."""
-  ma = compiled.memory_analysis()
-  if ma is None:
-    return {}
-  get = lambda k: int(getattr(ma, k, 0) or 0)
-  out = {k: get(k + "_in_bytes") for k in ("argument_size", "output_size", "temp_size", "alias_size",
-                                             "generated_code_size")}
-  peak = get("peak_memory_in_bytes")
-  out["peak_from_backend"] = bool(peak)
-  out["peak"] = peak or (out["argument_size"] + out["output_size"] + out["temp_size"] - out["alias_size"])
-  return out
+  """Compiles the step as training does (jepa_jax/compiled_step.py); returns (compiled, lower s, compile s)."""
+  return compiled_step.compile_train_step(setup.config, setup.fns, setup.state_shardings, setup.abstract_state,
+                                          setup.specs, setup.mesh)
 
 
 def make_batches(config, specs, num: int, seed: int) -> list[dict]:
@@ -252,7 +149,8 @@ def make_batches(config, specs, num: int, seed: int) -> list[dict]:
   rng = np.random.default_rng(seed)
   out = []
   for _ in range(num):
-    batch = {"clips": rng.integers(0, 256, (b, m.num_frames, m.crop_size, m.crop_size, 3), dtype=np.uint8)}
+    batch = {"clips": rng.integers(0, 256, (b, m.num_frames, m.crop_size, m.crop_size, 3), dtype=np.uint8),
+             "labels": np.zeros((b,), np.int32)}  # the pipeline's batch carries labels; the step ignores them
     batch.update(generator(b, rng))
     out.append(batch)
   return out
@@ -294,13 +192,15 @@ class TorchRunner:
   """target forward under no_grad + layer_norm; per mask: context encoder, predictor, L1; backward; per-module
   grad-norm clipping; AdamW (official 4 groups); EMA with torch._foreach ops, as app/vjepa/train.py."""
 
-  def __init__(self, config, dims: Dims, batches: list[dict], device: str = "cpu", threads: int = 0):
+  def __init__(self, config, dims: ModelDims, batches: list[dict], device: str = "cpu", threads: int = 0,
+               seed: int = 0):
     import torch
     import torch.nn.functional as F
     from tests import torch_reference as ref
     self.torch, self.F = torch, F
     if threads:
       torch.set_num_threads(threads)
+    torch.manual_seed(seed)  # the official init draws from torch's global generator
     m, d = config.model, dims
     self.device = torch.device(device)
     self.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[m.dtype]
@@ -310,7 +210,7 @@ class TorchRunner:
                                               num_heads=d.num_heads, mlp_ratio=d.mlp_hidden / d.embed_dim)
     self.predictor = ref.TorchPredictor(**common, embed_dim=d.embed_dim, predictor_embed_dim=d.pred_embed_dim,
                                         depth=d.pred_depth, num_heads=d.pred_num_heads,
-                                        num_mask_tokens=len(d.num_context))
+                                        num_mask_tokens=len(batches[0]["context_masks"]))
     ref.init_official(self.encoder, self.predictor)
     self.encoder.to(self.device)
     self.predictor.to(self.device)
@@ -391,14 +291,6 @@ class TorchRunner:
 # Report
 # ----------------------------------------------------------------------------------------------------------------
 
-def peak_flops(device, dtype: str) -> float | None:
-  kind = getattr(device, "device_kind", "")
-  for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # "TPU v5 lite" before "TPU v5"
-    if key in kind:
-      return PEAK_FLOPS[key].get(dtype)
-  return None
-
-
 def device_peak_bytes(device) -> int | None:
   try:
     stats = device.memory_stats()
@@ -437,13 +329,13 @@ def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, round
   devices = jax.devices()
   per_device = config.data.batch_size // len(devices)
   specs = masks_lib.mask_specs_from_config(config, per_device)
-  dims = model_dims(config, specs)
+  dims = model_dims(config.model)
   batches = make_batches(config, specs, num_batches, seed)
   jax_runner = None if torch_only else JaxRunner(build_step(config, devices, specs), batches, seed)
   torch_runner = None
   if compare_torch or torch_only:
     torch_device = "cuda" if devices[0].platform == "gpu" else "cpu"
-    torch_runner = TorchRunner(config, dims, batches, device=torch_device, threads=torch_threads)
+    torch_runner = TorchRunner(config, dims, batches, device=torch_device, threads=torch_threads, seed=seed)
   runners = [r for r in (jax_runner, torch_runner) if r is not None]
   times = {id(r): [] for r in runners}
   for r in runners:
@@ -452,20 +344,21 @@ def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, round
   for _ in range(rounds):
     for r in runners:
       times[id(r)] += r.run(per_round)
-  flops = analytic_step_flops(dims, per_device)
+  flops = step_flops_per_device(config, specs, len(devices))
   row = {
       "run": label or config.model.name, "device": getattr(devices[0], "device_kind", devices[0].platform),
       "num_devices": len(devices), "dtype": config.model.dtype, "attention": config.model.attention_impl,
       "remat": config.model.remat, "scan": bool(config.model.scan_layers), "per_device_batch": per_device,
-      "tokens_per_clip": dims.num_tokens, "num_context": dims.num_context, "num_target": dims.num_target,
+      "tokens_per_clip": dims.num_tokens, "num_context": [s.num_context for s in specs],
+      "num_target": [s.num_target for s in specs],
       "flops_per_step": flops, "compile_s": None, "step_ms": None, "clips_per_s": None, "tokens_per_s": None,
       "tflops_per_s": None, "mfu": None, "compiled_peak_bytes": None, "device_peak_bytes": None,
   }
-  peak = peak_flops(devices[0], config.model.dtype)
+  peak = metrics.peak_flops(getattr(devices[0], "device_kind", ""), config.model.dtype)
   if jax_runner:
     jax_times = times[id(jax_runner)]
     step_s = statistics.median(jax_times)
-    mem = memory_figures(jax_runner.compiled)
+    mem = compiled_step.memory_figures(jax_runner.compiled)
     row.update({
         "compile_s": jax_runner.lower_s + jax_runner.compile_s, "step_ms": 1e3 * step_s,
         "step_ms_p10_p90": [1e3 * float(np.percentile(jax_times, q)) for q in (10, 90)],
@@ -494,7 +387,8 @@ def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, round
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default="configs/demo.py", help="config file (configs/vitl16.py) or model name")
+  p.add_argument("--config", default="configs/demo.py",
+                 help="config file (configs/vitl16.py), shipped config name (vitl16) or model zoo name (vit_large)")
   p.add_argument("--batch", type=int, default=8, help="clips per device")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the config's)")
   p.add_argument("--attention", help="'' / default, xla or cudnn (default: the config's)")

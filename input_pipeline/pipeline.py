@@ -49,46 +49,115 @@ def _seed(seed: int, process_index: int, stage: int) -> int:
   return int(np.random.SeedSequence([seed, process_index, stage]).generate_state(1)[0])
 
 
+class DecodeFailures:
+  """The skip policy of every video reader (training, the probe, extract, pictures): a warning naming each unusable
+  file and why (once per file), a count, and a stop when too many fail.
+
+  Past `max_failure_fraction` of the decodes (checked once `min_attempts` were made, or at the end of a pass with
+  check(final=True)) or after `max_consecutive` failures in a row, failed() / check() raise DataPipelineError: a
+  broken list or storage must stop the run, not loop over it.
+  """
+
+  def __init__(self, max_failure_fraction: float = 0.5, *, min_attempts: int = 16, max_consecutive: int = 64,
+               where: str = "this worker"):
+    self.max_failure_fraction = float(max_failure_fraction)
+    self.min_attempts = int(min_attempts)
+    self.max_consecutive = int(max_consecutive)
+    self.where = where
+    self.attempts = 0
+    self.failures = 0
+    self.consecutive = 0
+    self.skipped: dict[str, str] = {}  # path -> reason, each unusable file once, in the order met
+    self._last = ("", "")
+
+  def succeeded(self) -> None:
+    self.attempts += 1
+    self.consecutive = 0
+
+  def failed(self, path: str, reason: str) -> None:
+    self.attempts += 1
+    self.failures += 1
+    self.consecutive += 1
+    if path not in self.skipped:
+      self.skipped[path] = reason
+      log.warning("skipping video %s: %s (%d of %d decodes failed so far in %s)", path, reason, self.failures,
+                  self.attempts, self.where)
+    self._last = (path, reason)
+    self.check()
+
+  def check(self, final: bool = False) -> None:
+    """Raises DataPipelineError past the limits; final=True applies the fraction whatever the number of attempts."""
+    too_many = ((final or self.attempts >= self.min_attempts)
+                and self.failures > self.max_failure_fraction * self.attempts)
+    if too_many or self.consecutive >= self.max_consecutive:
+      path, reason = self._last
+      raise DataPipelineError(
+          f"{self.failures} of {self.attempts} video decodes failed ({self.consecutive} in a row; limit "
+          f"data.max_failure_fraction={self.max_failure_fraction}); last: {path}: {reason}. "
+          "Check the file lists and the storage.")
+
+
 class DecodeClip(grain.transforms.RandomMap):
   """Decodes a record's clips; an unusable file is skipped with a warning and replaced by a random other record.
 
   [official] The replacement is a uniformly random other index (reference §5.3); ours comes from the element's
-  generator, so it is reproducible. The failure share is checked after `min_attempts` decodes in this worker: past
-  `max_failure_fraction`, or after `max_consecutive` failures in a row, it raises DataPipelineError.
+  generator, so it is reproducible. DecodeFailures (one per worker) warns, counts and stops past the limits.
   """
 
   def __init__(self, index: sources.ClipIndex, sampling: video.ClipSampling, *, max_failure_fraction: float = 0.5,
                min_attempts: int = 16, max_consecutive: int = 64, threads: int = 1):
     self.index = index
     self.sampling = sampling
-    self.max_failure_fraction = max_failure_fraction
-    self.min_attempts = min_attempts
-    self.max_consecutive = max_consecutive
+    self.failures = DecodeFailures(max_failure_fraction, min_attempts=min_attempts, max_consecutive=max_consecutive)
     self.threads = threads
-    self.attempts = 0
-    self.failures = 0
 
   def random_map(self, record: dict, rng: np.random.Generator) -> dict:
-    consecutive = 0
+    skipped = 0
     while True:
-      self.attempts += 1
       try:
         clips, indices = video.load_clips(record["path"], self.sampling, rng, threads=self.threads)
-        return {"clips": np.stack(clips), "labels": np.int32(record["label"]), "indices": np.stack(indices),
-                "skipped": np.int32(consecutive)}
       except video.VideoDecodeError as e:
-        self.failures += 1
-        consecutive += 1
-        log.warning("skipping video %s: %s (%d of %d decodes failed so far in this worker)",
-                    e.path, e.reason, self.failures, self.attempts)
-        too_many = (self.attempts >= self.min_attempts
-                    and self.failures > self.max_failure_fraction * self.attempts)
-        if too_many or consecutive >= self.max_consecutive:
-          raise DataPipelineError(
-              f"{self.failures} of {self.attempts} video decodes failed ({consecutive} in a row; limit "
-              f"data.max_failure_fraction={self.max_failure_fraction}); last: {e.path}: {e.reason}. "
-              "Check the file lists and the storage.") from None
+        self.failures.failed(e.path, e.reason)
+        skipped += 1
         record = self.index[int(rng.integers(len(self.index)))]
+        continue
+      self.failures.succeeded()
+      return {"clips": np.stack(clips), "labels": np.int32(record["label"]), "indices": np.stack(indices),
+              "skipped": np.int32(skipped)}
+
+
+class DecodeOrMark(grain.transforms.RandomMap):
+  """Evaluation decoding: an unusable file is not replaced (that would count another video twice) but marked
+  {'unreadable': reason, 'path', 'labels'}; the main process tallies and drops it (make_eval_dataset)."""
+
+  def __init__(self, sampling: video.ClipSampling, threads: int = 1):
+    self.sampling = sampling
+    self.threads = threads
+
+  def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+    try:
+      clips, indices = video.load_clips(record["path"], self.sampling, rng, threads=self.threads)
+    except video.VideoDecodeError as e:
+      return {"unreadable": e.reason, "path": e.path, "labels": np.int32(record["label"])}
+    return {"clips": np.stack(clips), "labels": np.int32(record["label"]), "indices": np.stack(indices)}
+
+
+class _Tally:
+  """Main process: counts each element as a decode that worked or failed (warning, stop past the limits)."""
+
+  def __init__(self, failures: DecodeFailures):
+    self.failures = failures
+
+  def __call__(self, element: dict) -> dict:
+    if "unreadable" in element:
+      self.failures.failed(element["path"], element["unreadable"])
+    else:
+      self.failures.succeeded()
+    return element
+
+
+def _readable(element: dict) -> bool:
+  return "unreadable" not in element
 
 
 class Augment(grain.transforms.RandomMap):
@@ -132,6 +201,8 @@ class _EvalTransform(grain.transforms.RandomMap):
     self.transform = transform
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    if "unreadable" in element:
+      return element
     return {**element, "clips": self.transform(element["clips"], rng)}
 
 
@@ -212,13 +283,17 @@ def make_eval_dataset(config, *, batch_size: int, num_segments: int = 1, trainin
                       process_index: int = 0, process_count: int = 1, seed: int | None = None,
                       shuffle: bool = False, repeat: bool = False, transform: Callable[[np.ndarray, Any], np.ndarray]
                       | None = None, drop_remainder: bool = False, num_workers: int | None = None,
-                      datasets=None) -> grain.IterDataset:
+                      datasets=None, failures: DecodeFailures | None = None) -> grain.IterDataset:
   """Labeled multi-clip decoding for the frozen evaluations (reference §6.2): no masks, no pretraining crop.
 
   Each video gives num_segments clips by the eval rule (allow_clip_overlap=True; random clip ends only when
   `training`). `transform(clips uint8 [S, T, H, W, 3], rng) -> array` is where the eval views go (a later issue);
   without one the raw clips are batched, which needs videos of one size. Elements: {'clips': [B, S, ...],
   'labels': int32 [B], 'indices': int64 [B, S, T]}. With drop_remainder False the last batch may be smaller.
+
+  failures: unusable videos are dropped instead of replaced (an evaluation must see each listed video once, and
+  report over those that could be read); each is warned about and counted in `failures`, in this process, which
+  stops the pass past data.max_failure_fraction. Batches are then formed after the drop, in the main process.
   """
   data = config.data
   seed = int(config.seed if seed is None else seed) % 2**32
@@ -232,10 +307,16 @@ def make_eval_dataset(config, *, batch_size: int, num_segments: int = 1, trainin
   if repeat:
     ds = ds.repeat()
   ds = ds[process_index::process_count]
-  ds = ds.random_map(DecodeClip(index, sampling, max_failure_fraction=float(data.max_failure_fraction)),
-                     seed=_seed(seed, process_index, 1))
+  if failures is None:
+    decode = DecodeClip(index, sampling, max_failure_fraction=float(data.max_failure_fraction))
+  else:
+    decode = DecodeOrMark(sampling)
+  ds = ds.random_map(decode, seed=_seed(seed, process_index, 1))
   if transform is not None:
     ds = ds.random_map(_EvalTransform(transform), seed=_seed(seed, process_index, 2))
+  if failures is not None:
+    ds = _to_iter(ds, num_workers, int(data.get("prefetch_buffer", 2)) * batch_size)
+    return ds.map(_Tally(failures)).filter(_readable).batch(batch_size, drop_remainder=drop_remainder)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   ds = _to_iter(ds, num_workers, int(data.get("prefetch_buffer", 2)))
   return ds.map(_count_skips)

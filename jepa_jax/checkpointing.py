@@ -73,6 +73,24 @@ def _config_to_json(config) -> Mapping[str, Any]:
   return config
 
 
+def newest_whole_step(directory, steps) -> Optional[int]:
+  """The newest of `steps` that step_damage() finds whole (a warning for each damaged one), else the newest: for
+  readers, which must not move anything; the read itself may still find damage in array bytes."""
+  directory = epath.Path(directory)
+  for step in sorted(steps, reverse=True):
+    reason = step_damage(directory / str(step))
+    if reason is None:
+      return step
+    logging.warning("Checkpoint step %d in %s cannot be read: %s. Trying the previous step.", step, directory,
+                    reason)
+  return max(steps, default=None)
+
+
+def describe_error(error: BaseException, limit: int = 300) -> str:
+  """An exception as one short line: its root cause (tensorstore's wrapper message is a kilobyte of spec)."""
+  return _short(error, limit)
+
+
 def _short(error: BaseException, limit: int = 300) -> str:
   """An exception as one short line: its root cause (tensorstore's wrapper message is a kilobyte of spec)."""
   while error.__cause__ is not None:

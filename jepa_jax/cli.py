@@ -30,13 +30,15 @@ EXIT_FAULT = 1  # the run started and stopped on a fault; the message says what 
 # whose module was never imported cannot have been raised.
 _KNOWN_ERRORS = (
     ("jepa_jax.config_validation", "ConfigError", "config error", EXIT_REFUSED),
-    ("jepa_jax.evaluate", "EvalConfigError", "config error", EXIT_REFUSED),
+    ("jepa_jax.evaluation.eval_config", "EvalConfigError", "config error", EXIT_REFUSED),
+    ("jepa_jax.loading", "EncoderSourceError", "error", EXIT_REFUSED),
     ("jepa_jax.workdir_lock", "WorkdirLockedError", "error", EXIT_REFUSED),
     ("jepa_jax.import_torch", "CheckpointFormatError", "error", EXIT_REFUSED),
     ("input_pipeline.sources", "FileListError", "error", EXIT_REFUSED),
     ("jepa_jax.checkpointing", "NoReadableCheckpointError", "error", EXIT_REFUSED),
     ("jepa_jax.checkpointing", "DiskFullError", "error", EXIT_FAULT),
     ("jepa_jax.train", "NonFiniteLossError", "error", EXIT_FAULT),
+    ("input_pipeline.pipeline", "DataPipelineError", "error", EXIT_FAULT),
 )
 # Missing or unreadable paths given on the command line or in the config.
 _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -122,8 +124,11 @@ def classify(error: BaseException):
 
 
 def _config_flag_names():
+  """Flags holding a config file (config_files.DEFINE_config wraps ml_collections' parser)."""
   from ml_collections.config_flags.config_flags import ConfigFileFlagParser
-  return [name for name in flags.FLAGS if isinstance(flags.FLAGS[name].parser, ConfigFileFlagParser)]
+  is_config = lambda p: isinstance(p, ConfigFileFlagParser) or isinstance(getattr(p, "_file_parser", None),
+                                                                         ConfigFileFlagParser)
+  return [name for name in flags.FLAGS if is_config(flags.FLAGS[name].parser)]
 
 
 def parse_flags(argv):

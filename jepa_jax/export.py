@@ -8,24 +8,24 @@ The file is the dict the official code saves at the end of an epoch: 'encoder', 
 'epoch', 'loss', 'batch_size', 'world_size', 'lr'. The official training resume (strict load of the three
 state_dicts, then opt/scaler/epoch) and the official eval loader (target_encoder + epoch) both accept it.
 
-Only the params, the target encoder and the step are read (orbax partial restore, placed on the host CPU); the
-optimizer moments are read, also on the host, only with --with_optimizer.
+The run's config and train state are read by jepa_jax/loading.py (read_run_config, read_run: the step's own copy
+of the config). Only the params, the target encoder and the step are read (orbax partial restore, placed on the
+host CPU); the optimizer moments are read, also on the host, only with --with_optimizer. The safetensors files
+carry the run's config.model in their metadata, so jepa_jax.load_encoder needs no config for them.
 """
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import sys
 from typing import Any, Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jepa_jax import checkpointing, optim, schedules, torch_layout, train_state
+from jepa_jax import loading, schedules, torch_layout, train_state
 
 PREFIX = "module.backbone."
 MODULES = ("encoder", "predictor", "target_encoder")
@@ -84,36 +84,6 @@ def _abstract_model(config, which: str):
     return nnx.eval_shape(lambda: build_encoder(config.model, nnx.Rngs(0)))
   return nnx.eval_shape(lambda: build_predictor(
       config.model, num_mask_tokens=train_state.num_mask_generators(config), rngs=nnx.Rngs(0)))
-
-
-def load_config(workdir: str, step: Optional[int] = None):
-  """The run config: from the checkpoint (the Checkpointer stores it), else WORKDIR/config.json."""
-  import ml_collections
-  try:
-    data = checkpointing.Checkpointer(workdir, async_save=False, read_only=True).restore_config(step)
-  except Exception as e:  # pylint: disable=broad-except
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"no config in the checkpoint ({e}) and no {path}") from e
-    logging.info("config not in the checkpoint; reading %s", path)
-    with open(path) as f:
-      data = json.load(f)
-  return ml_collections.ConfigDict(data)
-
-
-def _host_abstract(tree):
-  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), tree)
-
-
-def read_checkpoint(workdir: str, config, step: Optional[int] = None, with_optimizer: bool = False) -> dict:
-  """{'step', 'params', 'target_encoder'[, 'opt_state']} from the orbax checkpoint, on the host CPU."""
-  defs = train_state.model_defs(config)
-  params = train_state.abstract_param_shapes(defs)
-  subset = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "target_encoder": params["encoder"]}
-  if with_optimizer:
-    subset["opt_state"] = jax.eval_shape(optim.make_optimizer(config.optim).init, params)
-  return checkpointing.restore_params_only(workdir, _host_abstract(subset), step=step)
 
 
 def _last_logged_loss(workdir: str, write_tag: str) -> Optional[float]:
@@ -182,10 +152,13 @@ def export_checkpoint(workdir: str, out: str, *, step: Optional[int] = None, dty
   import torch
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
-  config = load_config(workdir, step)
-  logging.info("Export: reading %s (step %s) of a %s model; optimizer state %s.", workdir,
-               "latest" if step is None else step, config.model.name, "included" if with_optimizer else "skipped")
-  restored = read_checkpoint(workdir, config, step, with_optimizer)
+  config, step = loading.read_run_config(workdir, step)
+  logging.info("Export: reading %s (step %d) of a %s model; optimizer state %s.", workdir, step,
+               config.model.name, "included" if with_optimizer else "skipped")
+  entries = ("step", "encoder", "predictor", "target_encoder") + (("opt_state",) if with_optimizer else ())
+  # Read on the host CPU: the file is written from host memory, and the accelerators may be busy or absent.
+  host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+  _, _, restored = loading.read_run(workdir, entries, step=step, config=config, sharding=host)
   at_step = int(np.asarray(restored["step"]))
   scanned = bool(config.model.scan_layers)
 
@@ -221,8 +194,10 @@ def export_checkpoint(workdir: str, out: str, *, step: Optional[int] = None, dty
     from safetensors.torch import save_file
     for module in MODULES:
       path = safetensors_path(out, module)
+      # The model config in the metadata lets jepa_jax.load_encoder build the model without a config file.
       save_file({k: _to_tensor(v, dtype) for k, v in state_dicts[module].items()}, path,
-                metadata={"module": module, "epoch": str(ckpt["epoch"]), "step": str(at_step)})
+                metadata={"module": module, "epoch": str(ckpt["epoch"]), "step": str(at_step),
+                          loading.SAFETENSORS_MODEL_KEY: config.model.to_json()})
       logging.info("Export: wrote %s.", path)
   return ckpt
 

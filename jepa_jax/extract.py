@@ -1,35 +1,40 @@
 """Frozen encoder features for videos or arrays, for users' own downstream work.
 
-  python -m jepa_jax.extract --workdir=DIR --videos=LIST.csv --out=FEATURES.npz [--pooled] [--batch_size=8]
-  python -m jepa_jax.extract --workdir=DIR --clips=ARRAY.npy --out=FEATURES.npz [--pooled]
+  python -m jepa_jax.extract --source=RUN_OR_FILE --videos=LIST.csv --out=FEATURES.npz [--pooled] [--batch_size=8]
+  python -m jepa_jax.extract --source=RUN_OR_FILE --clips=ARRAY.npy --out=FEATURES.npz [--pooled]
 
-DIR is a pretraining workdir of ours (checkpoints/ and config.json; an official .pth.tar is imported into one with
-`python -m jepa_jax.import_torch --only_target`). The encoder is the target encoder unless --checkpoint_key=encoder.
-Videos: one clip per video, frames_per_clip frames at the pretraining frame_step centred by the official index
-rule (no random offset), the short side resized to the resolution (the pretraining crop size unless --resolution)
-and the centre square cropped: the middle one of the official 3-view test crops (reference 6.2). Arrays: uint8
-[N, T, H, W, 3] given the same resize and centre crop when their frames are not already square at the resolution.
+RUN_OR_FILE is anything jepa_jax.load_encoder reads (jepa_jax/loading.py): a pretraining run of ours (--step
+picks a checkpoint), an official V-JEPA 1 .pth.tar or our safetensors (--config names the model where the file
+does not). --workdir is the old name of --source. The encoder is the target encoder unless --which=encoder.
+Videos: one clip per video, frames_per_clip frames at the pretraining frame_step (a file's model: its num_frames,
+step 4, or --frames / --frame_step) centred by the official index rule (no random offset), the short side resized
+to the resolution (the model's crop size unless --resolution) and the centre square cropped: the middle one of
+the official 3-view test crops (reference 6.2). Arrays: uint8 [N, T, H, W, 3] given the same resize and centre
+crop when their frames are not already square at the resolution.
+
+Unreadable or too-short videos are skipped as training skips them: a warning naming each file and why, and a stop
+(DataPipelineError) past data.max_failure_fraction of the list (0.5 for a file's model).
 
 FEATURES.npz holds 'features' float32 [N, tokens, D] (or [N, D] mean-pooled over tokens with --pooled), 'labels'
-int64 [N] (from the list; -1 for arrays unless --labels=LABELS.npy) and, for videos, 'paths'. Batches run on
-every local device (batch sharded over the mesh's data axes); the last one is padded and the padding dropped.
+int64 [N] (from the list; -1 for arrays unless --labels=LABELS.npy) and, for videos, 'paths' of the N videos read
+and 'skipped' / 'skipped_reasons' of those that could not be. Batches run on every local device; the last one is
+padded and the padding dropped (Encoder.encode).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Iterable, Iterator
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from input_pipeline import eval_transforms
+from input_pipeline import pipeline
 from input_pipeline import sources
 from input_pipeline import video
-from jepa_jax import evaluate
-from jepa_jax import sharding
+from jepa_jax.loading import load_encoder
+
+OFFICIAL_FRAME_STEP = 4  # official eval frame step, for a file's model that carries no data config
 
 
 def centre_view(clip: np.ndarray, resolution: int) -> np.ndarray:
@@ -40,76 +45,48 @@ def centre_view(clip: np.ndarray, resolution: int) -> np.ndarray:
   return np.ascontiguousarray(clip[:, top:top + resolution, left:left + resolution])
 
 
-def load_workdir(workdir: str, checkpoint_key: str = "target_encoder"):
-  """(graphdef, params on the mesh, mesh, pretraining config) of a workdir's frozen encoder."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} has no config.json: not a pretraining workdir of ours")
-  with open(path) as f:
-    pretrain = ml_collections.ConfigDict(json.load(f))
-  config = ml_collections.ConfigDict({"pretrained": workdir, "checkpoint_key": checkpoint_key,
-                                      "model": pretrain.model.to_dict()})
-  mesh = sharding.make_mesh(ml_collections.ConfigDict({"shape": (-1, 1, 1)}))
-  rules = sharding.logical_rules(pretrain.mesh)
-  graphdef, params = evaluate.load_frozen_encoder(config, mesh, rules, model_cfg=config.model)
-  return graphdef, params, mesh, pretrain
-
-
-def video_clips(paths: Iterable[str], *, frames: int, frame_step: int, resolution: int) -> Iterator[np.ndarray]:
-  """One deterministic clip per video, preprocessed by centre_view."""
+def video_clips(paths: Iterable[str], *, frames: int, frame_step: int, resolution: int,
+                failures: pipeline.DecodeFailures, read: list[int]) -> Iterator[np.ndarray]:
+  """One deterministic clip per readable video, preprocessed by centre_view; appends the index of each video read
+  to `read`. Unusable videos go to `failures` (warning, count, stop past its limit; checked once more at the end)."""
   sampling = video.ClipSampling(frames_per_clip=frames, frame_step=frame_step, num_clips=1,
                                 random_clip_sampling=False, allow_clip_overlap=True)
-  for p in paths:
-    clips, _ = video.load_clips(p, sampling, np.random.default_rng(0))
+  for i, p in enumerate(paths):
+    try:
+      clips, _ = video.load_clips(p, sampling, np.random.default_rng(0))
+    except video.VideoDecodeError as e:
+      failures.failed(e.path, e.reason)
+      continue
+    failures.succeeded()
+    read.append(i)
     yield centre_view(clips[0], resolution)
+  failures.check(final=True)
 
 
-def extract_features(graphdef, params, clips: Iterable[np.ndarray], mesh, *, batch_size: int = 8,
-                     pooled: bool = False, dtype=jnp.float32) -> np.ndarray:
-  """Frozen features of uint8 clips [T, H, W, 3] (or images [H, W, 3]): [N, tokens, D] or [N, D]."""
-  feature_fn = evaluate.make_feature_fn(graphdef, dtype)
-  if pooled:
-    base = feature_fn
-    feature_fn = jax.jit(lambda p, x: base(p, x).mean(axis=1))
-  dp = sharding.data_parallel_size(mesh)
-  padded = -(-batch_size // dp) * dp
-  out, pending = [], []
-
-  def flush():
-    n = len(pending)
-    batch = np.zeros((padded,) + pending[0].shape, np.uint8)
-    batch[:n] = np.stack(pending)
-    x = jax.device_put(batch, sharding.batch_sharding(mesh))
-    with jax.set_mesh(mesh):
-      out.append(np.asarray(jax.device_get(feature_fn(params, x)))[:n])
-    pending.clear()
-
-  for clip in clips:
-    pending.append(np.asarray(clip, np.uint8))
-    if len(pending) == batch_size:
-      flush()
-  if pending:
-    flush()
-  if not out:
-    raise ValueError("no clips to extract features from")
-  return np.concatenate(out)
-
-
-def run(workdir: str, out: str, *, videos: str = "", clips: str = "", labels: str = "", pooled: bool = False,
-        batch_size: int = 8, checkpoint_key: str = "target_encoder", resolution: int = 0) -> dict:
+def run(source: str, out: str, *, videos: str = "", clips: str = "", labels: str = "", pooled: bool = False,
+        batch_size: int = 8, which: str = "target", resolution: int = 0, frames: int = 0, frame_step: int = 0,
+        config=None, step: int | None = None) -> dict:
   """The command line's work; returns what was written to `out`."""
   if bool(videos) == bool(clips):
     raise ValueError("give exactly one of --videos=LIST.csv and --clips=ARRAY.npy")
-  graphdef, params, mesh, pretrain = load_workdir(workdir, checkpoint_key)
-  res = int(resolution or pretrain.model.crop_size)
-  dtype = jnp.dtype(pretrain.model.dtype)
+  encoder = load_encoder(source, config=config, which=which, step=step)
+  model, data = encoder.config.model, encoder.config.get("data")
+  res = int(resolution or model.crop_size)
   result = {}
   if videos:
     paths, list_labels = sources.read_file_list(videos)
-    stream = video_clips(paths, frames=int(pretrain.data.frames_per_clip), frame_step=int(pretrain.data.frame_step),
-                         resolution=res)
-    result["labels"] = np.asarray(list_labels, np.int64)
-    result["paths"] = np.asarray(paths)
+    failures = pipeline.DecodeFailures(float(data.get("max_failure_fraction", 0.5)) if data is not None else 0.5,
+                                       where=videos)
+    read: list[int] = []
+    stream = video_clips(
+        paths, frames=int(frames or (data.frames_per_clip if data is not None else model.num_frames)),
+        frame_step=int(frame_step or (data.frame_step if data is not None else OFFICIAL_FRAME_STEP)), resolution=res,
+        failures=failures, read=read)
+    result["features"] = encoder.encode(stream, pooled=pooled, batch_size=batch_size)
+    result["labels"] = np.asarray(list_labels, np.int64)[read]
+    result["paths"] = np.asarray(paths)[read]
+    result["skipped"] = np.asarray(list(failures.skipped), dtype=str)
+    result["skipped_reasons"] = np.asarray(list(failures.skipped.values()), dtype=str)
   else:
     array = np.load(clips, mmap_mode="r")
     if array.dtype != np.uint8 or array.ndim not in (4, 5) or array.shape[-1] != 3:
@@ -120,9 +97,8 @@ def run(workdir: str, out: str, *, videos: str = "", clips: str = "", labels: st
       stream = (a if square else centre_view(np.asarray(a)[None], res)[0] for a in array)
     else:
       stream = (a if square else centre_view(np.asarray(a), res) for a in array)
+    result["features"] = encoder.encode(stream, pooled=pooled, batch_size=batch_size)
     result["labels"] = np.load(labels).astype(np.int64) if labels else np.full((len(array),), -1, np.int64)
-  result["features"] = extract_features(graphdef, params, stream, mesh, batch_size=batch_size, pooled=pooled,
-                                        dtype=dtype)
   if len(result["labels"]) != len(result["features"]):
     raise ValueError(f"{len(result['labels'])} labels for {len(result['features'])} clips")
   if jax.process_index() == 0:
@@ -135,22 +111,32 @@ def main(argv):
   del argv
   from absl import flags
   f = flags.FLAGS
-  result = run(f.workdir, f.out, videos=f.videos, clips=f.clips, labels=f.labels, pooled=f.pooled,
-               batch_size=f.batch_size, checkpoint_key=f.checkpoint_key, resolution=f.resolution)
-  print(f"wrote {f.out}: features {result['features'].shape}, labels {result['labels'].shape}")
+  result = run(f.source, f.out, videos=f.videos, clips=f.clips, labels=f.labels, pooled=f.pooled,
+               batch_size=f.batch_size, which=f.which, resolution=f.resolution, frames=f.frames,
+               frame_step=f.frame_step, config=f.config or None, step=f.step)
+  skipped = len(result.get("skipped", ()))
+  print(f"wrote {f.out}: features {result['features'].shape}, labels {result['labels'].shape}"
+        + (f"; {skipped} unreadable videos skipped (their paths are in 'skipped')" if skipped else ""))
 
 
 if __name__ == "__main__":
   from absl import flags
-  flags.DEFINE_string("workdir", None, "Pretraining workdir (checkpoints/ and config.json).")
+  flags.DEFINE_string("source", None, "A pretraining run folder of ours, an official .pth.tar or a .safetensors.")
+  flags.DEFINE_alias("workdir", "source")
+  flags.DEFINE_integer("step", None, "Checkpoint step of a run (default: the latest complete one).")
+  flags.DEFINE_string("config", "", "Config file or shipped config name of the model, for a file that does not say "
+                      "it.")
   flags.DEFINE_string("videos", "", "Official-format list ('path label' per line).")
   flags.DEFINE_string("clips", "", "uint8 .npy array [N, T, H, W, 3] (or images [N, H, W, 3]).")
   flags.DEFINE_string("labels", "", "Optional int .npy [N] saved as the labels of --clips.")
   flags.DEFINE_string("out", None, "Output .npz.")
   flags.DEFINE_bool("pooled", False, "Mean-pool over tokens: [N, D] instead of [N, tokens, D].")
   flags.DEFINE_integer("batch_size", 8, "Clips per forward pass (padded up to a multiple of the devices).")
-  flags.DEFINE_string("checkpoint_key", "target_encoder", "'target_encoder' or 'encoder'.")
-  flags.DEFINE_integer("resolution", 0, "Crop size; 0: the pretraining crop size.")
-  flags.mark_flags_as_required(["workdir", "out"])
+  flags.DEFINE_string("which", "target", "'target' (the EMA target encoder) or 'encoder' (the context encoder).")
+  flags.DEFINE_alias("checkpoint_key", "which")
+  flags.DEFINE_integer("resolution", 0, "Crop size; 0: the model's crop size.")
+  flags.DEFINE_integer("frames", 0, "Frames per clip; 0: the run's data.frames_per_clip (a file: the model's).")
+  flags.DEFINE_integer("frame_step", 0, "Frame step; 0: the run's data.frame_step (a file: 4, the official one).")
+  flags.mark_flags_as_required(["source", "out"])
   from jepa_jax import cli
   cli.run(main)

@@ -8,16 +8,7 @@ pixels), so it counts 2x, not 3x.
 """
 from typing import Sequence
 
-# (embed_dim, depth, mlp_hidden) of the official model zoo (reference §2.1).
-MODEL_DIMS = {
-    "vit_tiny": (192, 12, 768),
-    "vit_small": (384, 12, 1536),
-    "vit_base": (768, 12, 3072),
-    "vit_large": (1024, 24, 4096),
-    "vit_huge": (1280, 32, 5120),
-    "vit_giant": (1408, 40, 6144),
-    "vit_gigantic": (1664, 48, 6656),  # [quirk §2.1] the mpl_ratio typo leaves mlp_ratio 4
-}
+from jepa_jax.models import model_dims
 
 
 def block_flops(num_tokens: int, dim: int, mlp_hidden: int) -> int:
@@ -61,16 +52,11 @@ def train_step_flops(*, embed_dim: int, depth: int, mlp_hidden: int, num_tokens:
 
 
 def train_step_flops_from_config(config, specs) -> dict:
-  """train_step_flops for config.model and the mask generator specs (num_context, num_target), global batch."""
-  model = config.model
-  embed_dim, depth, mlp_hidden = MODEL_DIMS[model.name]
-  # config.model.embed_dim / depth > 0 override the zoo (the demo and test models); the MLP ratio stays the zoo's.
-  if model.get("embed_dim", 0):
-    mlp_hidden, embed_dim = mlp_hidden * model.embed_dim // embed_dim, model.embed_dim
-  depth = model.get("depth", 0) or depth
-  num_tokens = (model.num_frames // model.tubelet_size) * (model.crop_size // model.patch_size) ** 2
+  """train_step_flops for config.model (the zoo's sizes with the config's overrides) and the mask generator specs
+  (num_context, num_target), global batch."""
+  d = model_dims(config.model)
   return train_step_flops(
-      embed_dim=embed_dim, depth=depth, mlp_hidden=mlp_hidden, num_tokens=num_tokens,
-      pred_embed_dim=model.pred_embed_dim, pred_depth=model.pred_depth, pred_mlp_hidden=4 * model.pred_embed_dim,
+      embed_dim=d.embed_dim, depth=d.depth, mlp_hidden=d.mlp_hidden, num_tokens=d.num_tokens,
+      pred_embed_dim=d.pred_embed_dim, pred_depth=d.pred_depth, pred_mlp_hidden=d.pred_mlp_hidden,
       num_context=tuple(s.num_context for s in specs), num_target=tuple(s.num_target for s in specs),
-      batch=config.data.batch_size, patch_dim=3 * model.tubelet_size * model.patch_size ** 2)
+      batch=config.data.batch_size, patch_dim=d.patch_dim)

@@ -22,15 +22,13 @@ import numpy as np
 from absl import logging
 
 from jepa_jax import checkpointing, export, optim, torch_layout, train_state
+from jepa_jax.models import MODEL_SIZES
 
 
 class CheckpointFormatError(ValueError):
   """The file is not a V-JEPA checkpoint this config can use; the message says why and what it holds."""
 
 
-# (width, depth) of the zoo (reference §2.1, jepa_jax/models/vit.py), to name the size a file holds.
-ZOO_DIMS = {"vit_tiny": (192, 12), "vit_small": (384, 12), "vit_base": (768, 12), "vit_large": (1024, 24),
-            "vit_huge": (1280, 32), "vit_giant": (1408, 40), "vit_gigantic": (1664, 48)}
 
 
 def describe_encoder(sd: Mapping[str, Any]) -> str:
@@ -38,9 +36,9 @@ def describe_encoder(sd: Mapping[str, Any]) -> str:
   width = tuple(sd["patch_embed.proj.weight"].shape)[0] if "patch_embed.proj.weight" in sd else None
   depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
   tokens = tuple(sd["pos_embed"].shape)[1] if "pos_embed" in sd else None
-  names = [n for n, dims in ZOO_DIMS.items() if dims == (width, depth)]
+  names = [n for n, size in MODEL_SIZES.items() if (size.embed_dim, size.depth) == (width, depth)]
   return (f"width {width}, depth {depth}" + (f", {tokens} tokens" if tokens else "")
-          + (f" ({names[0]})" if names else " (no zoo model has these dimensions)"))
+          + (f" ({' or '.join(names)})" if names else " (no zoo model has these dimensions)"))
 
 
 def strip_prefixes(sd: Mapping[str, Any]) -> dict:
@@ -244,9 +242,9 @@ def main(argv):
 
 if __name__ == "__main__":
   from absl import flags
-  from ml_collections import config_flags
+  from jepa_jax import config_files
   sys.argv = [a.replace("--only-target", "--only_target") for a in sys.argv]
-  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py) of the model in the file.")
+  config_files.DEFINE_config("config", "Config file or shipped config name (e.g. vitl16) of the model in the file.")
   flags.DEFINE_string("checkpoint", None, "Official .pth.tar (or .safetensors) file.")
   flags.DEFINE_string("workdir", None, "Run folder to create (checkpoints/ and config.json).")
   flags.DEFINE_bool("only_target", False, "Encoder-only file: encoder = target = its target_encoder (or encoder); "

@@ -1,14 +1,16 @@
 """Entry point: `python -m jepa_jax.main --config=configs/vith16.py --workdir=DIR [--config.x=y ...]`.
 
+--config also takes a shipped config by name (`--config=demo`, `--config=eval/vitl16_k400`): config_files.py.
+
 config.mode selects the job: 'pretrain' (V-JEPA pretraining) or 'probe' (frozen attentive-probe evaluation).
 Errors the user can fix print one line and exit 2; faults during the run print one line and exit 1 (jepa_jax/cli.py).
 """
 from absl import flags
-from ml_collections import config_flags
 
 from jepa_jax import cli
+from jepa_jax import config_files
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_CONFIG = config_files.DEFINE_config("config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder (local or gs://) for checkpoints, logs and outputs.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for explicit multi-process "
                                    "runs (TPU pods and SLURM are detected without it).")
@@ -60,8 +62,8 @@ def main(argv):
       from jepa_jax import train
       train.train_and_evaluate(config, _WORKDIR.value)
     else:
-      from jepa_jax import evaluate
-      evaluate.probe_and_evaluate(config, _WORKDIR.value)
+      from jepa_jax.evaluation import loops
+      loops.probe_and_evaluate(config, _WORKDIR.value)
   finally:
     if lock is not None:
       lock.release()

@@ -16,7 +16,7 @@ import jax
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from jepa_jax import storage
+from input_pipeline import storage
 
 # (our metric name, CSV column). The first nine are the official CSVLogger columns, in its order (§4.5).
 COLUMNS = (
@@ -42,30 +42,33 @@ HEADER = [column for _, column in COLUMNS]
 _BY_COLUMN = {column: name for name, column in COLUMNS}
 _BY_COLUMN["loss_reg"] = "reg_loss"  # train_step's spelling
 
-# Peak dense bf16 FLOP/s per chip, matched by substring of jax's device_kind in this order (v5 lite before v5).
-PEAK_BF16_FLOPS = (
-    (("v6 lite", "v6e"), 918e12),
-    (("v5 lite", "v5e", "v5litepod"), 197e12),
-    (("v5p", "v5"), 459e12),
-    (("v4",), 275e12),
-    (("h200",), 989e12),
-    (("h100",), 989e12),  # SXM, dense (no sparsity)
-    (("a100",), 312e12),
+# Dense peak FLOP/s per chip by compute dtype (datasheet figures, no sparsity), matched by substring of jax's
+# device_kind in this order (v5 lite before v5). The one table of peaks: the training log's MFU and bench/ read it.
+# float32 on the GPUs is TF32, which XLA's default matmul precision uses; no float32 peak for TPUs (MFU n/a).
+PEAK_FLOPS = (
+    (("v6 lite", "v6e"), {"bfloat16": 918e12}),
+    (("v5 lite", "v5e", "v5litepod"), {"bfloat16": 197e12}),
+    (("v5p", "v5"), {"bfloat16": 459e12}),
+    (("v4",), {"bfloat16": 275e12}),
+    (("h200",), {"bfloat16": 989e12, "float32": 495e12}),
+    (("h100",), {"bfloat16": 989e12, "float32": 495e12}),  # SXM
+    (("a100",), {"bfloat16": 312e12, "float32": 156e12}),
 )
 
 
-def peak_flops(device_kind: str) -> Optional[float]:
-  """Peak bf16 FLOP/s of one device of this kind, or None when unknown (CPUs): MFU is then shown as n/a."""
+def peak_flops(device_kind: str, dtype: str = "bfloat16") -> Optional[float]:
+  """Peak FLOP/s of one device of this kind for the compute dtype, or None when unknown (CPUs): MFU is then n/a."""
   kind = device_kind.lower()
-  for patterns, flops in PEAK_BF16_FLOPS:
+  for patterns, peaks in PEAK_FLOPS:
     if any(p in kind for p in patterns):
-      return flops
+      return peaks.get(dtype)
   return None
 
 
-def mfu(flops_per_step: float, step_time_s: float, num_devices: int, device_kind: str) -> Optional[float]:
+def mfu(flops_per_step: float, step_time_s: float, num_devices: int, device_kind: str,
+        dtype: str = "bfloat16") -> Optional[float]:
   """Model FLOPs utilisation: achieved FLOP/s over the devices' combined peak; None where the peak is unknown."""
-  peak = peak_flops(device_kind)
+  peak = peak_flops(device_kind, dtype)
   if peak is None or step_time_s <= 0:
     return None
   return flops_per_step / (step_time_s * num_devices * peak)

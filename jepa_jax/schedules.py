@@ -21,8 +21,22 @@ def total_steps(optim_cfg) -> int:
   return int(optim_cfg.total_steps) or int(optim_cfg.ipe * optim_cfg.epochs)
 
 
+LR_SCHEDULES = ("warmup_cosine", "linear_decay")
+
+
 def learning_rate_schedule(optim_cfg):
-  """Official WarmupCosineSchedule: linear start_lr -> lr over W steps, then cosine towards final_lr over T - W."""
+  """The official lr scheduler named by optim.lr_schedule.
+
+  'warmup_cosine' (WarmupCosineSchedule): linear start_lr -> lr over W steps, then cosine towards final_lr over
+  T - W. V-JEPA 1; also V-JEPA 2 pretraining, whose configs set final_lr = lr, so the cosine is the constant lr.
+  'linear_decay' (LinearDecaySchedule, the V-JEPA 2 cooldown): lr + s / T (final_lr - lr), no warmup.
+  """
+  kind = optim_cfg.get("lr_schedule", "warmup_cosine")
+  if kind == "linear_decay":
+    return _linear_decay_schedule(optim_cfg)
+  if kind != "warmup_cosine":
+    raise ValueError(f"config.optim.lr_schedule={kind!r}; use 'warmup_cosine' (V-JEPA 1, V-JEPA 2 pretraining) "
+                     f"or 'linear_decay' (the V-JEPA 2 cooldown).")
   start, ref, final = float(optim_cfg.start_lr), float(optim_cfg.lr), float(optim_cfg.final_lr)
   warmup, horizon = _warmup_steps(optim_cfg), _horizon(optim_cfg)
 
@@ -32,6 +46,26 @@ def learning_rate_schedule(optim_cfg):
     progress = (s - warmup) / max(1, horizon - warmup)
     cosine = final + (ref - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
     return jnp.where(s < warmup, warm, jnp.maximum(final, cosine))
+
+  return schedule
+
+
+def _linear_decay_schedule(optim_cfg):
+  """Official LinearDecaySchedule (app/vjepa/utils.py:init_opt with is_anneal): from lr at s = 0 to final_lr at
+  s = T = int(ipe_scale * epochs * ipe), no warmup, no clamp.
+
+  [quirk docs/reference.md §9.4] T is the ipe_scale (1.25) horizon while the run stops after epochs x ipe steps, so
+  the cooldown ends at 80% of the ramp: lr 5.25e-4 -> final_lr 1e-6 over T = 15,000 stops near 1.058e-4.
+  """
+  if _warmup_steps(optim_cfg):
+    raise ValueError(f"config.optim.warmup={optim_cfg.warmup} but config.optim.lr_schedule='linear_decay' has no "
+                     f"warmup (the official LinearDecaySchedule starts at lr); set config.optim.warmup=0.")
+  ref, final = float(optim_cfg.lr), float(optim_cfg.final_lr)
+  horizon = _horizon(optim_cfg)
+
+  def schedule(step):
+    s = jnp.asarray(step, jnp.float32) + 1.0  # official s = our step + 1 (§4.3)
+    return ref + s / max(1, horizon) * (final - ref)
 
   return schedule
 
@@ -51,7 +85,8 @@ def weight_decay_schedule(optim_cfg):
 
 
 def ema_momentum_schedule(optim_cfg):
-  """Official momentum generator m_i = ema0 + i (ema1 - ema0) / (ipe epochs ipe_scale).
+  """Official momentum generator m_i = ema0 + i (ema1 - ema0) / (ipe epochs ipe_scale); ema = (m, m) is constant m
+  (V-JEPA 2: 0.99925).
 
   The generator is advanced after the optimizer step and yields i = 0 first, so our step k uses i = k (the very
   first EMA update uses exactly ema0). The denominator is the unrounded float product, as in the official code.
@@ -75,8 +110,13 @@ def clip_active(step, optim_cfg):
   [quirk] The official loop clips only when the 0-based epoch is > warmup (§4.2 step 6): with ipe 300 and warmup
   40 that is epoch >= 41, i.e. from 0-based iteration (warmup + 1) * ipe = 12,300 on. Our step k is the 0-based
   iteration index, so the test is step // ipe > warmup. optim.clip_always turns it on from the first step.
+  optim.clip_grad = 0 turns clipping off (V-JEPA 2's train loop has none, docs/reference.md §9.3).
   """
+  if float(optim_cfg.clip_grad) < 0:
+    raise ValueError(f"config.optim.clip_grad={optim_cfg.clip_grad} must be >= 0 (0: no gradient clipping).")
   step = jnp.asarray(step, jnp.int32)
+  if float(optim_cfg.clip_grad) == 0:
+    return jnp.zeros_like(step, dtype=jnp.bool_)
   if optim_cfg.clip_always:
     return jnp.ones_like(step, dtype=jnp.bool_)
   return (step // int(optim_cfg.ipe)) > optim_cfg.warmup

@@ -12,8 +12,8 @@ from absl import logging
 from etils import epath
 
 from input_pipeline import sources
+from input_pipeline import storage
 from input_pipeline import synthetic
-from jepa_jax import storage
 
 _DONE = "COMPLETE"
 

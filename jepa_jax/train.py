@@ -4,20 +4,18 @@ The math of one step lives in train_step.py; this file only wires it to data, de
 """
 from __future__ import annotations
 
-import functools
-import json
 import time
 
 import jax
 import numpy as np
 from absl import logging
 from etils import epath
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from input_pipeline import masks as masks_lib
 from input_pipeline import pipeline
 from jepa_jax import checkpointing
+from jepa_jax import compiled_step
 from jepa_jax import config_validation
 from jepa_jax import distributed
 from jepa_jax import flops as flops_lib
@@ -35,31 +33,6 @@ from jepa_jax.progress import ProgressBar
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or inf; the run stops and keeps its last good checkpoint."""
-
-
-def abstract_batch(config, specs, mesh):
-  """Shapes of one global batch, to compile the step before the first batch arrives."""
-  m = config.model
-  b = config.data.batch_size
-  sh = sharding.batch_sharding(mesh)
-  sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
-  return {
-      "clips": sds((b, m.num_frames, m.crop_size, m.crop_size, 3), np.uint8),
-      "labels": sds((b,), np.int32),
-      "context_masks": tuple(sds((b, s.num_context), np.int32) for s in specs),
-      "target_masks": tuple(sds((b, s.num_target), np.int32) for s in specs),
-  }
-
-
-def _log_compiled(compiled, step_flops_total: float, num_devices: int) -> None:
-  mem = compiled.memory_analysis()
-  if mem is not None:
-    gib = 1024 ** 3
-    logging.info("Compiled step memory per device: arguments %.2f GiB, outputs %.2f GiB, temporaries %.2f GiB, "
-                 "generated code %.2f MiB.", mem.argument_size_in_bytes / gib, mem.output_size_in_bytes / gib,
-                 mem.temp_size_in_bytes / gib, mem.generated_code_size_in_bytes / 2 ** 20)
-  logging.info("Analytic FLOPs per step: %.4g total, %.4g per device.", step_flops_total,
-               step_flops_total / num_devices)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -125,18 +98,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return {}
 
   # --- Compile once: static shapes, donated state ---
-  batch_sh = sharding.batch_sharding(mesh)
-  step_fn = jax.jit(
-      functools.partial(train_step_lib.train_step, fns=fns),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, sharding.replicated(mesh)),
-      donate_argnums=0)
-  t0 = time.perf_counter()
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    compiled = step_fn.lower(abstract, abstract_batch(config, specs, mesh)).compile()
-  compile_s = time.perf_counter() - t0
+  compiled, lower_s, compile_s = compiled_step.compile_train_step(config, fns, state_sh, abstract, specs, mesh)
   flops_per_step = flops_lib.train_step_flops_from_config(config, specs)["total"]
-  logging.info("Compiled the train step in %.1f s.", compile_s)
-  _log_compiled(compiled, flops_per_step, num_devices)
+  logging.info("Compiled the train step in %.1f s.", lower_s + compile_s)
+  compiled_step.log_compiled(compiled, flops_per_step, num_devices)
 
   # --- Loop ---
   writer = metrics_lib.MetricsWriter(workdir, is_primary=is_primary, write_tag=config.write_tag)
@@ -200,24 +165,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for name, path in visualize.write_run_pictures(workdir, config).items():
       print(f"{name}: {path}")
   if config.probe_at_end and finished:
-    _report_demo_probe(workdir)
+    from jepa_jax.evaluation import demo_report  # the probe code is only needed at the end of the demo
+    demo_report.report_demo_probe(workdir)
   return last_metrics
-
-
-def _report_demo_probe(workdir, seeds=(0, 1, 2)) -> None:
-  """The demo's proof that pretraining learned something: the same probe on our encoder and on a random one.
-
-  A 40-video val split moves a single probe run by several points, so the comparison is averaged over probe seeds
-  (each seed: its own probe init, batch order and random encoder).
-  """
-  from jepa_jax import evaluate  # Imported here: the probe code is only needed at the end of the demo.
-  runs = [evaluate.demo_probe_report(str(workdir), seed=s) for s in seeds]
-  report = {k: float(np.mean([r[k] for r in runs])) for k in ("pretrained", "random")}
-  report["per_seed"] = runs
-  line = (f"motion probe, val top-1 (mean of {len(seeds)} probe seeds): pretrained encoder "
-          f"{report['pretrained']:.1f}%, randomly initialised encoder {report['random']:.1f}% (4 classes; per seed "
-          + ", ".join(f"{r['pretrained']:.1f} vs {r['random']:.1f}" for r in runs) + ")")
-  logging.info(line)
-  if jax.process_index() == 0:
-    print(line)
-    (epath.Path(workdir) / "demo_probe.json").write_text(json.dumps(report, indent=2))

@@ -25,7 +25,7 @@ from typing import Optional
 
 from absl import logging
 
-from jepa_jax import storage
+from input_pipeline import storage
 
 LOCK_NAME = "trainer.lock"
 

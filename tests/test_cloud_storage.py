@@ -30,7 +30,8 @@ for _module in ("gcsfs", "gcp_storage_emulator"):
 from etils import epath  # noqa: E402
 
 from input_pipeline import sources, synthetic, video  # noqa: E402
-from jepa_jax import checkpointing, metrics, storage, synthetic_data  # noqa: E402
+from input_pipeline import storage  # noqa: E402
+from jepa_jax import checkpointing, metrics, synthetic_data  # noqa: E402
 
 BUCKET = "jepa-test"
 _ENV = {
@@ -237,3 +238,20 @@ def test_synthetic_demo_data_in_a_gcs_workdir(gcs):
   assert paths and all(p.startswith(f"{workdir}/data/videos/") for p in paths)
   num_frames, _ = video.video_info(paths[0])
   assert num_frames == 48
+
+
+def test_load_encoder_reads_a_run_on_gs(gcs):
+  import tiny  # pylint: disable=g-import-not-at-top
+  import jepa_jax  # pylint: disable=g-import-not-at-top
+  from jepa_jax import train_state  # pylint: disable=g-import-not-at-top
+  config = tiny.tiny_config()
+  params = train_state.init_params(config, 0)
+  state = {"step": jnp.int32(1), "params": params, "target_encoder": params["encoder"]}
+  workdir = f"gs://{BUCKET}/encoder_run"
+  with checkpointing.Checkpointer(workdir, async_save=False) as ckpt:
+    ckpt.save(1, state, config=config, force=True)
+  encoder = jepa_jax.load_encoder(workdir)
+  assert encoder.step == 1 and encoder.config.model.depth == config.model.depth
+  clips = np.random.default_rng(0).integers(0, 256, (2, 4, 64, 64, 3), dtype=np.uint8)
+  local = jepa_jax.Encoder(config, params["encoder"])  # the same params, not read from the bucket
+  np.testing.assert_allclose(encoder.encode(clips), local.encode(clips), rtol=1e-6, atol=1e-6)

@@ -11,12 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import bad_videos
 import tiny
-from configs.eval import base
+from input_pipeline import sources
+from input_pipeline.pipeline import DataPipelineError
+from jepa_jax.configs.eval import base
 from jepa_jax import checkpointing
-from jepa_jax import evaluate
 from jepa_jax import sharding
 from jepa_jax import train_state
+from jepa_jax.encoder import Encoder
+from jepa_jax.evaluation import data as probe_data
+from jepa_jax.evaluation import eval_config as eval_checks
+from jepa_jax.evaluation import loops
+from jepa_jax.evaluation import probe_step
 
 
 def make_pretrained_workdir(path, seed=0):
@@ -65,8 +72,8 @@ def tiny_encoder(frames=4, crop=32):
   cfg.num_frames, cfg.crop_size = frames, crop
   mesh = sharding.make_mesh(tiny.tiny_config().mesh)
   rules = sharding.logical_rules(tiny.tiny_config().mesh)
-  graphdef, params = evaluate.random_encoder(cfg, mesh, rules, seed=3)
-  return evaluate.make_feature_fn(graphdef, jnp.float32), params, mesh
+  encoder = Encoder.init(cfg, seed=3)
+  return encoder.feature_fn, jax.device_put(jax.device_get(encoder.params), encoder.param_shardings(mesh, rules)), mesh
 
 
 # ----------------------------------------------------------------------------------------------- numerics
@@ -75,7 +82,7 @@ def test_multi_view_prediction_is_the_mean_of_softmax_over_views():
   logits = np.random.default_rng(0).normal(size=(5, 3, 7)).astype(np.float32) * 3
   e = np.exp(logits - logits.max(-1, keepdims=True))
   expected = (e / e.sum(-1, keepdims=True)).mean(1)
-  np.testing.assert_allclose(evaluate.view_averaged_probs(jnp.asarray(logits)), expected, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(probe_step.view_averaged_probs(jnp.asarray(logits)), expected, rtol=1e-5, atol=1e-7)
   # Not the softmax of the mean logits: the two differ for these logits.
   assert not np.allclose(expected, jax.nn.softmax(logits.mean(1)), atol=1e-3)
 
@@ -85,11 +92,11 @@ def test_topk_counts_ignore_padding_rows_and_cap_k_at_the_class_count():
   probs = rng.random((10, 6)).astype(np.float32)
   labels = rng.integers(0, 6, 10).astype(np.int32)
   weights = np.array([1] * 7 + [0] * 3, np.float32)
-  top1, top5 = evaluate.topk_correct(jnp.asarray(probs), jnp.asarray(labels), jnp.asarray(weights))
+  top1, top5 = probe_step.topk_correct(jnp.asarray(probs), jnp.asarray(labels), jnp.asarray(weights))
   order = np.argsort(-probs, axis=1)
   assert float(top1) == np.sum((order[:7, 0] == labels[:7]))
   assert float(top5) == np.sum([labels[i] in order[i, :5] for i in range(7)])
-  small = evaluate.topk_correct(jnp.asarray(probs[:, :3]), jnp.asarray(labels % 3), jnp.asarray(weights))
+  small = probe_step.topk_correct(jnp.asarray(probs[:, :3]), jnp.asarray(labels % 3), jnp.asarray(weights))
   assert float(small[1]) == 7.0  # top-5 of 3 classes: always right
 
 
@@ -99,7 +106,7 @@ def test_accuracy_is_counted_over_the_whole_set_not_averaged_over_uneven_batches
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.mesh)
   with jax.set_mesh(mesh):
-    probe, params, _ = evaluate.build_probe(config, 32, 2, 10, mesh, rules, seed=0)
+    probe, params, _ = probe_step.build_probe(config, 32, 2, 10, mesh, rules, seed=0)
     rng = np.random.default_rng(2)
     tokens = rng.normal(size=(19, 2, 6, 32)).astype(np.float32)
     labels = rng.integers(0, 5, 19).astype(np.int32)
@@ -114,7 +121,7 @@ def test_accuracy_is_counted_over_the_whole_set_not_averaged_over_uneven_batches
       lab = np.zeros(8, np.int32)
       lab[:n] = labels[start:start + n]
       batches.append((jnp.asarray(t), jnp.asarray(lab), jnp.asarray((np.arange(8) < n).astype(np.float32))))
-    got = evaluate.run_eval(probe, params, batches)
+    got = loops.run_eval(probe, params, batches)
   assert got["num_examples"] == 19
   np.testing.assert_allclose(got["val_acc_top1"], 100 * float(full["top1"]) / 19, rtol=1e-6)
   np.testing.assert_allclose(got["val_acc_top5"], 100 * float(full["top5"]) / 19, rtol=1e-6)
@@ -122,12 +129,12 @@ def test_accuracy_is_counted_over_the_whole_set_not_averaged_over_uneven_batches
 
 def test_batch_geometry_pads_to_the_devices_and_covers_every_example():
   mesh = sharding.make_mesh(tiny.tiny_config().mesh)  # 8 devices
-  local, padded, steps = evaluate.batch_geometry(6, 19, mesh)
+  local, padded, steps = probe_data.batch_geometry(6, 19, mesh)
   assert (local, padded, steps) == (6, 8, 4)
-  split = evaluate.Split(19, lambda epoch: iter([{"clips": np.ones((n, 2, 2, 3), np.uint8),
+  split = probe_data.Split(19, lambda epoch: iter([{"clips": np.ones((n, 2, 2, 3), np.uint8),
                                                   "labels": np.arange(n, dtype=np.int32)} for n in (6, 6, 6, 1)]),
                          (2, 2, 3))
-  batches = list(evaluate.padded_batches(split, 0, local_batch=local, padded_local=padded, steps=steps))
+  batches = list(probe_data.padded_batches(split, 0, local_batch=local, padded_local=padded, steps=steps))
   assert [b["clips"].shape[0] for b in batches] == [8] * 4
   assert sum(float(b["weights"].sum()) for b in batches) == 19
   assert batches[-1]["clips"][1:].sum() == 0
@@ -139,9 +146,9 @@ def test_an_image_is_encoded_as_the_image_repeated_along_time():
   feature_fn, params, mesh = tiny_encoder()
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   with jax.set_mesh(mesh):
-    from_images = evaluate.encode_batch(feature_fn, params, jnp.asarray(images), attend_across_segments=True)
+    from_images = loops.encode_batch(feature_fn, params, jnp.asarray(images), attend_across_segments=True)
     clips = np.repeat(images[:, None, None, None], 4, axis=3)  # [B, S=1, V=1, T=4, H, W, 3]
-    from_clips = evaluate.encode_batch(feature_fn, params, jnp.asarray(clips), attend_across_segments=True)
+    from_clips = loops.encode_batch(feature_fn, params, jnp.asarray(clips), attend_across_segments=True)
   assert from_images.shape == (8, 1, 2 * 2 * 2, 32)
   np.testing.assert_allclose(from_images, from_clips, rtol=1e-5, atol=1e-5)
 
@@ -150,8 +157,8 @@ def test_segments_are_concatenated_per_view_when_attending_across_segments():
   feature_fn, params, mesh = tiny_encoder()
   clips = np.random.default_rng(1).integers(0, 256, (8, 3, 2, 4, 32, 32, 3), dtype=np.uint8)  # S=3, V=2
   with jax.set_mesh(mesh):
-    across = np.asarray(evaluate.encode_batch(feature_fn, params, jnp.asarray(clips), attend_across_segments=True))
-    apart = np.asarray(evaluate.encode_batch(feature_fn, params, jnp.asarray(clips), attend_across_segments=False))
+    across = np.asarray(loops.encode_batch(feature_fn, params, jnp.asarray(clips), attend_across_segments=True))
+    apart = np.asarray(loops.encode_batch(feature_fn, params, jnp.asarray(clips), attend_across_segments=False))
     one = np.asarray(feature_fn(params, jnp.asarray(clips[:, 2, 1])))  # segment 2, view 1
   n = one.shape[1]
   assert across.shape == (8, 2, 3 * n, 32) and apart.shape == (8, 6, n, 32)
@@ -162,22 +169,22 @@ def test_segments_are_concatenated_per_view_when_attending_across_segments():
 # ----------------------------------------------------------------------------------------------- bad inputs
 
 def test_missing_pretrained_path_is_a_clear_error(data):
-  with pytest.raises(evaluate.EvalConfigError, match="config.pretrained is empty"):
-    evaluate.validate_eval_config(eval_config("", data / "videos"))
-  with pytest.raises(evaluate.EvalConfigError, match="does not exist"):
-    evaluate.validate_eval_config(eval_config(data / "nowhere", data / "videos"))
+  with pytest.raises(eval_checks.EvalConfigError, match="config.pretrained is empty"):
+    eval_checks.validate_eval_config(eval_config("", data / "videos"))
+  with pytest.raises(eval_checks.EvalConfigError, match="does not exist"):
+    eval_checks.validate_eval_config(eval_config(data / "nowhere", data / "videos"))
 
 
 def test_num_classes_below_the_labels_found_is_a_clear_error(data):
   config = eval_config(data / "pretrain", data / "videos", num_classes=2)
-  with pytest.raises(evaluate.EvalConfigError, match="num_classes=4"):
-    evaluate.validate_eval_config(config)
+  with pytest.raises(eval_checks.EvalConfigError, match="num_classes=4"):
+    eval_checks.validate_eval_config(config)
 
 
 def test_missing_list_is_a_clear_error(data):
   config = eval_config(data / "pretrain", data / "videos", val=str(data / "videos" / "nope.csv"))
-  with pytest.raises(evaluate.EvalConfigError, match="config.eval.val="):
-    evaluate.validate_eval_config(config)
+  with pytest.raises(eval_checks.EvalConfigError, match="config.eval.val="):
+    eval_checks.validate_eval_config(config)
 
 
 def test_a_probe_checkpoint_passed_as_pretrained_is_a_clear_error(data, tmp_path):
@@ -186,20 +193,21 @@ def test_a_probe_checkpoint_passed_as_pretrained_is_a_clear_error(data, tmp_path
   torch.save({"classifier": {"module.linear.weight": torch.zeros(4, 32)}, "epoch": 3}, str(probe_file))
   config = eval_config(probe_file, data / "videos")
   mesh = sharding.make_mesh(config.mesh)
-  with pytest.raises(evaluate.EvalConfigError, match="attentive-probe checkpoint"):
-    evaluate.load_frozen_encoder(config, mesh, sharding.logical_rules(config.mesh))
+  with pytest.raises(eval_checks.EvalConfigError, match="attentive-probe checkpoint"):
+    loops.frozen_encoder(config, mesh, sharding.logical_rules(config.mesh))
   probe_dir = tmp_path / "probe_run"
   (probe_dir / "probe_best").mkdir(parents=True)
-  with pytest.raises(evaluate.EvalConfigError, match="attentive-probe checkpoint"):
-    evaluate.load_frozen_encoder(eval_config(probe_dir, data / "videos"), mesh, sharding.logical_rules(config.mesh))
+  with pytest.raises(eval_checks.EvalConfigError, match="attentive-probe checkpoint"):
+    loops.frozen_encoder(eval_config(probe_dir, data / "videos"), mesh, sharding.logical_rules(config.mesh))
 
 
 def test_an_encoder_of_another_size_is_a_clear_error(data):
   config = eval_config(data / "pretrain", data / "videos")
   config.model.depth = 3
   mesh = sharding.make_mesh(config.mesh)
-  with pytest.raises(evaluate.EvalConfigError, match="config.model.depth=3 but the workdir has 2"):
-    evaluate.load_frozen_encoder(config, mesh, sharding.logical_rules(config.mesh))
+  with pytest.raises(eval_checks.EvalConfigError,
+                     match=r"config.model.depth=3 gives depth 3 but the run .*pretrain has 2"):
+    loops.frozen_encoder(config, mesh, sharding.logical_rules(config.mesh))
 
 
 def test_the_target_encoder_is_loaded_by_default_and_the_encoder_on_request(data):
@@ -208,9 +216,9 @@ def test_the_target_encoder_is_loaded_by_default_and_the_encoder_on_request(data
   rules = sharding.logical_rules(tiny.tiny_config().mesh)
   config = eval_config(data / "pretrain_keys", data / "videos")
   config.eval.resolution = 64
-  _, target = evaluate.load_frozen_encoder(config, mesh, rules)
+  _, target = loops.frozen_encoder(config, mesh, rules)
   config.checkpoint_key = "encoder"
-  _, encoder = evaluate.load_frozen_encoder(config, mesh, rules)
+  _, encoder = loops.frozen_encoder(config, mesh, rules)
   leaf = lambda t: np.asarray(t["norm"]["scale"])
   np.testing.assert_allclose(leaf(target), leaf(state["target_encoder"]))
   np.testing.assert_allclose(leaf(encoder), leaf(state["params"]["encoder"]))
@@ -220,10 +228,10 @@ def test_the_target_encoder_is_loaded_by_default_and_the_encoder_on_request(data
 
 def test_probe_run_end_to_end_writes_csv_best_probe_and_report(data, tmp_path):
   config = eval_config(data / "pretrain", data / "videos")
-  report = evaluate.probe_and_evaluate(config, str(tmp_path))
+  report = loops.probe_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "probe_r0.csv") as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0]) == list(evaluate.CSV_COLUMNS)
+  assert list(rows[0]) == list(loops.CSV_COLUMNS)
   assert [int(r["epoch"]) for r in rows] == [1, 2]
   assert report["num_val_examples"] == 4  # every val video once, none padded in
   for r in rows:
@@ -234,8 +242,8 @@ def test_probe_run_end_to_end_writes_csv_best_probe_and_report(data, tmp_path):
   # The saved probe has the official probe names and reloads.
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
-    _, params, _ = evaluate.build_probe(config, 32, 2, 4, mesh, sharding.logical_rules(config.mesh), seed=0)
-  restored = evaluate.load_probe(str(tmp_path / "probe_best"), params)
+    _, params, _ = probe_step.build_probe(config, 32, 2, 4, mesh, sharding.logical_rules(config.mesh), seed=0)
+  restored = loops.load_probe(str(tmp_path / "probe_best"), params)
   assert set(restored) == {"pooler", "linear"}
   assert restored["pooler"]["query_tokens"].shape == (1, 1, 32)
 
@@ -251,9 +259,52 @@ def test_image_probe_end_to_end_on_an_image_folder(tmp_path, data):
             tmp_path / "images" / split / cls / f"{i}.png")
   config = eval_config(data / "pretrain", data / "videos", task="image", image_folder=str(tmp_path / "images"),
                        num_classes=3, epochs=1, batch_size=4)
-  with pytest.raises(evaluate.EvalConfigError, match="2 classes"):
-    evaluate.validate_eval_config(config)
+  with pytest.raises(eval_checks.EvalConfigError, match="2 classes"):
+    eval_checks.validate_eval_config(config)
   config.eval.num_classes = 2
-  report = evaluate.probe_and_evaluate(config, str(tmp_path / "run"))
+  report = loops.probe_and_evaluate(config, str(tmp_path / "run"))
   assert report["num_val_examples"] == 4
   assert 0 <= report["final_val_acc_top1"] <= 100 and report["final_val_acc_top5"] == 100.0
+
+
+def test_the_demo_report_trains_the_same_probe_on_the_pretrained_and_a_random_encoder(data):
+  from jepa_jax.evaluation import demo_report
+  config = eval_config(data / "pretrain", data / "videos", epochs=1, num_segments=1, num_views=1)
+  results = demo_report.demo_probe_report(str(data / "pretrain"), config, seed=0)
+  assert set(results) == {"pretrained", "random"}
+  for top1 in results.values():  # 4 val videos: a multiple of 25%
+    assert top1 in (0.0, 25.0, 50.0, 75.0, 100.0)
+
+
+# ----------------------------------------------------------------------------------------------- bad videos
+
+def test_unreadable_videos_are_dropped_counted_and_reported_by_the_probe(data, tmp_path, caplog):
+  bad = bad_videos.write_bad_videos(str(tmp_path / "bad"))
+  videos = data / "videos"
+  config = eval_config(data / "pretrain", videos, epochs=1)
+  config.eval.train = bad_videos.list_with(str(tmp_path / "train.csv"), str(videos / "motion_train.csv"),
+                                           [bad["truncated"], bad["too_short"]], label=1)
+  config.eval.val = bad_videos.list_with(str(tmp_path / "val.csv"), str(videos / "motion_val.csv"), [bad["empty"]],
+                                         label=2)
+  with caplog.at_level("WARNING"):
+    report = loops.probe_and_evaluate(config, str(tmp_path / "probe"))
+  assert report["num_val_examples"] == 4 and report["num_val_skipped"] == 1  # accuracy over the 4 readable ones
+  with open(tmp_path / "probe" / "probe_r0.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert rows[0]["skipped"] == "3"  # 2 train + 1 val
+  for path in bad.values():
+    assert f"skipping video {path}" in caplog.text
+
+
+def test_a_split_of_mostly_unreadable_videos_stops_with_a_clear_error(data, tmp_path):
+  bad = bad_videos.write_bad_videos(str(tmp_path / "bad"))
+  one_good = sources.read_file_list(str(data / "videos" / "motion_val.csv"))[0][:1]
+  sources.write_file_list(str(tmp_path / "val.csv"), one_good + list(bad.values()), [0, 1, 2, 3])
+  config = eval_config(data / "pretrain", data / "videos")
+  config.eval.val = str(tmp_path / "val.csv")
+  inputs = eval_checks.validate_eval_config(config)
+  mesh = sharding.make_mesh(config.mesh)
+  split = probe_data.make_split(config, inputs, "val", local_batch=6)
+  local, padded, steps = probe_data.batch_geometry(6, split.num_examples, mesh)
+  with pytest.raises(DataPipelineError, match=r"3 of 4 video decodes failed"):
+    list(probe_data.padded_batches(split, 0, local_batch=local, padded_local=padded, steps=steps))

@@ -1,4 +1,5 @@
-"""Feature extraction: shapes, labels, pooling, determinism, independence from the batch size and padding."""
+"""Feature extraction: shapes, labels, pooling, determinism, independence from the batch size and padding, and
+unreadable videos skipped, named and listed."""
 import os
 import subprocess
 import sys
@@ -6,7 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+import bad_videos
 from test_evaluate import make_pretrained_workdir
+from input_pipeline.pipeline import DataPipelineError
+from input_pipeline import sources
 from jepa_jax import extract
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,3 +78,29 @@ def test_command_line(workdir):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert np.load(workdir / "cli.npz")["features"].shape == (3, 32)
+
+
+def test_unreadable_and_too_short_videos_are_skipped_named_and_listed(workdir, caplog):
+  bad = bad_videos.write_bad_videos(str(workdir / "bad"))
+  good_list = str(workdir / "videos" / "motion_train.csv")  # 4 videos, labels 0..3
+  mixed = bad_videos.list_with(str(workdir / "mixed.csv"), good_list, list(bad.values()), label=3)
+  with caplog.at_level("WARNING"):
+    result = extract.run(str(workdir / "pretrain"), str(workdir / "mixed.npz"), videos=mixed, batch_size=3)
+  clean = extract.run(str(workdir / "pretrain"), str(workdir / "clean.npz"), videos=good_list, batch_size=3)
+  np.testing.assert_allclose(result["features"], clean["features"], rtol=1e-5, atol=1e-5)  # the good ones, in order
+  saved = np.load(workdir / "mixed.npz")
+  np.testing.assert_array_equal(saved["labels"], [0, 1, 2, 3])
+  assert list(saved["paths"]) == sources.read_file_list(good_list)[0]
+  assert list(saved["skipped"]) == list(bad.values())
+  reasons = dict(zip(saved["skipped"], saved["skipped_reasons"]))
+  assert reasons[bad["empty"]].startswith("file too small") and reasons[bad["too_short"]].startswith("too short")
+  for path in bad.values():
+    assert f"skipping video {path}" in caplog.text
+
+
+def test_a_list_of_mostly_unreadable_videos_stops_with_a_clear_error(workdir):
+  bad = bad_videos.write_bad_videos(str(workdir / "bad2"))
+  mostly_bad = bad_videos.list_with(str(workdir / "mostly_bad.csv"), str(workdir / "videos" / "motion_val.csv"),
+                                    list(bad.values()))
+  with pytest.raises(DataPipelineError, match=r"3 of 4 video decodes failed .*max_failure_fraction=0.5"):
+    extract.run(str(workdir / "pretrain"), str(workdir / "x.npz"), videos=mostly_bad)

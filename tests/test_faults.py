@@ -222,7 +222,7 @@ def test_without_file_locks_the_lock_file_decides_by_host_and_pid(tmp_path, monk
 @pytest.mark.slow
 def test_killing_the_demo_while_it_writes_its_videos_leaves_nothing_half_written_and_the_rerun_completes(tmp_path):
   from input_pipeline import sources, synthetic, video
-  from configs import demo
+  from jepa_jax.configs import demo
   from jepa_jax import synthetic_data
   workdir, count = tmp_path / "demo", 120
   proc = subprocess.Popen([sys.executable, "-m", "jepa_jax.main", "--config=configs/demo.py", f"--workdir={workdir}",

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from configs import default
+from jepa_jax.configs import default
 from input_pipeline import masks
 
 GRID_224 = (8, 14, 14)

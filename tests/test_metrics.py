@@ -59,13 +59,21 @@ def test_only_the_primary_process_writes(tmp_path):
     ("TPU v6 lite", 918e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA H100 80GB HBM3", 989e12),
     ("NVIDIA H200", 989e12), ("cpu", None)])
 def test_peak_table(kind, peak):
-  assert metrics.peak_flops(kind) == peak
+  assert metrics.peak_flops(kind) == peak == metrics.peak_flops(kind, "bfloat16")
+
+
+@pytest.mark.parametrize("kind,peak", [("NVIDIA H100 80GB HBM3", 495e12), ("NVIDIA A100-SXM4-80GB", 156e12),
+                                       ("TPU v5p", None), ("cpu", None)])
+def test_float32_peaks_are_the_gpus_tf32_and_unknown_on_tpus(kind, peak):
+  assert metrics.peak_flops(kind, "float32") == peak
 
 
 def test_mfu():
   # 4 H100s doing 1.978e15 FLOPs in 1 s run at half of their 4 x 989 TFLOP/s.
   assert metrics.mfu(1.978e15, 1.0, 4, "NVIDIA H100 80GB HBM3") == pytest.approx(0.5)
   assert metrics.mfu(1e12, 1.0, 1, "cpu") is None
+  # float32 on an A100 is measured against its TF32 peak (156 TFLOP/s), bf16 against 312.
+  assert metrics.mfu(1.56e14, 2.0, 1, "NVIDIA A100-SXM4-80GB", "float32") == pytest.approx(0.5)
   assert metrics.format_mfu(None) == "n/a" and metrics.format_mfu(0.4321) == "43.2%"
 
 
@@ -74,7 +82,11 @@ def test_mfu():
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jepa_jax import flops  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from input_pipeline import masks  # noqa: E402
+from jepa_jax import config_files, flops, models  # noqa: E402
 
 
 def _block(x, p, heads):
@@ -146,15 +158,42 @@ def test_predictor_forward_and_backward_flops_match_xla():
   assert 3 * fwd == pytest.approx(xla_fwd_bwd, rel=0.08)
 
 
-def test_official_models_flops_per_step():
-  """Printed for the record (24 clips, one GPU's batch); checks only the split adds up and H > L."""
-  out = {}
-  for name, model in (("vitl16", "vit_large"), ("vith16", "vit_huge")):
-    d, depth, hidden = flops.MODEL_DIMS[model]
-    out[name] = flops.train_step_flops(
-        embed_dim=d, depth=depth, mlp_hidden=hidden, num_tokens=1568, pred_embed_dim=384, pred_depth=12,
-        pred_mlp_hidden=1536, num_context=(371, 109), num_target=(745, 1100), batch=24, patch_dim=3 * 2 * 16 * 16)
-    print(name, {k: f"{v:.4g}" for k, v in out[name].items()})
-    parts = out[name]["target_fwd"] + out[name]["context_fwd_bwd"] + out[name]["predictor_fwd_bwd"]
-    assert out[name]["total"] == pytest.approx(parts)
-  assert out["vith16"]["total"] > out["vitl16"]["total"]
+def _kernel_sizes(module) -> dict:
+  """Weights per Linear, {path: count}, of a built (abstract) module; stacked (scanned) blocks count every layer."""
+  flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
+  return {"/".join(map(str, path)): int(np.prod(v.shape)) for path, v in flat if path[-1] == "kernel"}
+
+
+@pytest.mark.parametrize("name,config_file,batch", [("vitl16", "vitl16", 24), ("vith16_384", "vith16_384", 10)])
+def test_step_flops_of_the_real_models_equal_a_count_from_their_built_weights(name, config_file, batch):
+  """Every matmul costs 2 x tokens x its weights: count that from the shapes of the models the config builds
+  (an independent route to the same number: a wrong depth, MLP width or patch size in flops.py would show), plus
+  attention's 4 x n^2 x width per block (QK^T and AV)."""
+  config = config_files.load(config_file)
+  config.data.batch_size = batch
+  specs = masks.mask_specs_from_config(config, batch)
+  encoder = nnx.eval_shape(lambda: models.build_encoder(config.model, nnx.Rngs(0)))
+  pred = nnx.eval_shape(lambda: models.build_predictor(config.model, len(specs), nnx.Rngs(0)))
+  enc_w, pred_w = _kernel_sizes(encoder), _kernel_sizes(pred)
+  patch = enc_w.pop("patch_embed/proj/kernel")
+  p_embed, p_proj = pred_w.pop("predictor_embed/kernel"), pred_w.pop("predictor_proj/kernel")
+  enc_blocks, pred_blocks = sum(enc_w.values()), sum(pred_w.values())
+  width, p_width = encoder.embed_dim, pred.predictor_embed_dim
+  depth, p_depth = encoder.blocks.attn.qkv.kernel.shape[0], pred.predictor_blocks.attn.qkv.kernel.shape[0]
+  n = encoder.num_patches
+
+  def encoder_fwd(k):
+    return 2 * k * enc_blocks + 4 * k * k * width * depth
+
+  def predictor_fwd(kc, kt):
+    return 2 * kc * p_embed + 2 * (kc + kt) * pred_blocks + 4 * (kc + kt) ** 2 * p_width * p_depth + 2 * kt * p_proj
+
+  # Target: forward on all N tokens. Context encoder and predictor: forward + backward (3x), per mask generator;
+  # the patch embedding runs on all N tokens and its backward is the weight gradient only (2x).
+  per_clip = 2 * n * patch + encoder_fwd(n)
+  per_clip += sum(2 * 2 * n * patch + 3 * (encoder_fwd(s.num_context) + predictor_fwd(s.num_context, s.num_target))
+                  for s in specs)
+  got = flops.train_step_flops_from_config(config, specs)
+  print(f"{name}, {batch} clips: {got['total']:.4g} FLOPs per step")
+  assert got["total"] == pytest.approx(batch * per_clip, rel=1e-12)
+  assert got["target_fwd"] == pytest.approx(batch * (2 * n * patch + encoder_fwd(n)), rel=1e-12)

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType
 
-from configs import default
+from jepa_jax.configs import default
 from jepa_jax import models, torch_layout
 from jepa_jax.models import layers, predictor, vit
 
@@ -33,9 +33,8 @@ def _apply(model):
   return jax.jit(lambda params, *args: nnx.merge(graphdef, params)(*args))
 
 
-def _clip(batch=4, frames=4, size=32):
-  return jax.random.normal(jax.random.key(np.random.default_rng().integers(1 << 30)),
-                           (batch, frames, size, size, 3))
+def _clip(batch=4, frames=4, size=32, seed=0):
+  return jax.random.normal(jax.random.key(seed), (batch, frames, size, size, 3))
 
 
 def _small_config(**overrides):
@@ -84,6 +83,31 @@ def test_model_zoo_has_the_official_dimensions(name, dim, depth, heads, hidden, 
                                                  rngs=nnx.Rngs(0)))
   assert (model.embed_dim, model.depth, model.num_heads, model.patch_size) == (dim, depth, heads, patch)
   assert model.blocks.mlp.fc1.kernel.shape == (depth, dim, hidden)
+
+
+@pytest.mark.parametrize("name,overrides", [
+    # 22 heads do not divide the predictor's 384 channels: V-JEPA 2's ViT-g pairs with a 12-head predictor.
+    *[(name, {"pred_num_heads": 12} if name == "vit_giant_xformers" else {}) for name in sorted(vit.MODEL_SIZES)],
+    ("vit_giant", {"embed_dim": 176, "depth": 3}),  # the zoo's MLP ratio 48/11 carries over to a new width
+    ("vit_tiny", {"embed_dim": 96, "num_heads": 4, "pred_num_heads": 6, "patch_size": 8, "crop_size": 64}),
+])
+def test_model_dims_are_the_sizes_the_builders_build(name, overrides):
+  """models.model_dims (what flops.py, import_torch and bench/ read) reads the zoo's one table as the builders do."""
+  cfg = default.get_config().model
+  cfg.name, cfg.scan_layers = name, True
+  cfg.update(overrides)
+  dims = models.model_dims(cfg)
+  encoder = _abstract(lambda: models.build_encoder(cfg, nnx.Rngs(0)))
+  pred = _abstract(lambda: models.build_predictor(cfg, 2, nnx.Rngs(0)))
+  assert (dims.depth, dims.embed_dim, dims.mlp_hidden) == encoder.blocks.mlp.fc1.kernel.shape
+  assert (dims.embed_dim, dims.num_heads, dims.grid, dims.num_tokens) == (
+      encoder.embed_dim, encoder.num_heads, encoder.grid, encoder.num_patches)
+  assert dims.patch_dim == int(np.prod(encoder.patch_embed.proj.kernel.shape[:-1]))
+  assert (dims.pred_depth, dims.pred_embed_dim, dims.pred_mlp_hidden) == pred.predictor_blocks.mlp.fc1.kernel.shape
+  assert dims.pred_num_heads == pred.num_heads
+  cfg.name = "vit_nope"
+  with pytest.raises(ValueError, match="config.model.name 'vit_nope'"):
+    models.model_dims(cfg)
 
 
 def test_init_is_the_effective_official_pretraining_init():
@@ -196,7 +220,8 @@ def test_kept_tokens_keep_their_absolute_positions(shared):
   model, params, apply = shared
   x = _clip()
   full = apply(params, x)
-  perm = np.stack([np.random.default_rng().permutation(model.num_patches) for _ in range(4)]).astype(np.int32)
+  rng = np.random.default_rng(0)
+  perm = np.stack([rng.permutation(model.num_patches) for _ in range(4)]).astype(np.int32)
   in_order = np.tile(np.arange(model.num_patches, dtype=np.int32), (4, 1))
   np.testing.assert_allclose(apply(params, x, in_order), full, rtol=0, atol=1e-6)
   np.testing.assert_allclose(apply(params, x, perm), np.take_along_axis(np.asarray(full), perm[..., None], 1),

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import torch
 
-from configs import default
+from jepa_jax.configs import default
 from jepa_jax import optim, schedules
 
 

@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 
-from configs import default
+from jepa_jax.configs import default
 from input_pipeline import pipeline
 from input_pipeline import sources
 from input_pipeline import synthetic

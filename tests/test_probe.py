@@ -10,6 +10,8 @@ from flax import nnx
 
 from jepa_jax.models.probe import AttentiveClassifier
 from tests.torch_probe_reference import AttentiveClassifier as TorchAttentiveClassifier
+from tests.torch_reference import rel_error
+from tests.torch_reference_v2 import AttentiveClassifierV2 as TorchAttentiveClassifierV2
 
 D, HEADS, CLASSES = 64, 4, 10
 
@@ -107,6 +109,7 @@ def test_init_statistics_follow_the_official_init():
   assert np.abs(head).max() <= bound and std(model.linear.kernel) == pytest.approx(bound / math.sqrt(3), rel=0.03)
   assert np.abs(np.asarray(model.linear.bias[...])).max() <= bound
   # Same statistics as the torch oracle's own init.
+  torch.manual_seed(0)
   ref = TorchAttentiveClassifier(dim, 8, 400)
   assert float(ref.pooler.cross_attention_block.mlp.fc2.weight.detach().std()) == pytest.approx(
       std(blk.mlp.fc2.kernel), rel=0.05)
@@ -138,10 +141,105 @@ def test_bfloat16_compute_stays_close_and_returns_float32():
   assert np.linalg.norm(a - np.asarray(b)) / np.linalg.norm(a) < 3e-2
 
 
-def test_depth_other_than_one_is_refused():
-  with pytest.raises(ValueError, match="depth=1"):
+def test_depth_below_one_is_refused():
+  with pytest.raises(ValueError, match="num_probe_blocks"):
     with nnx.use_eager_sharding(False):
-      AttentiveClassifier(D, HEADS, CLASSES, depth=2, rngs=nnx.Rngs(0))
+      AttentiveClassifier(D, HEADS, CLASSES, depth=0, rngs=nnx.Rngs(0))
+
+
+# ------------------------------------------------------------------------- V-JEPA 2 probe (num_probe_blocks 4)
+
+V2_D, V2_HEADS, V2_DEPTH = 96, 16, 4  # 16 heads as every V-JEPA 2 eval config
+
+
+def _build_v2(dim=V2_D, heads=V2_HEADS, classes=CLASSES, depth=V2_DEPTH, seed=0, dtype=jnp.float32):
+  with nnx.use_eager_sharding(False):
+    return AttentiveClassifier(dim, heads, classes, depth=depth, dtype=dtype, rngs=nnx.Rngs(seed))
+
+
+def test_v2_param_names_are_the_official_probe_keys():
+  sd = _torch_state_dict(_build_v2())
+  ref = TorchAttentiveClassifierV2(V2_D, V2_HEADS, CLASSES, depth=V2_DEPTH).state_dict()
+  assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in ref.items()}
+  assert 'pooler.blocks.2.attn.qkv.weight' in sd and 'pooler.blocks.3.norm1.weight' not in sd
+  assert not any('xattn.proj' in k for k in sd)  # V-JEPA 2's CrossAttention has no proj
+
+
+@pytest.mark.parametrize('depth', [2, 4])
+def test_v2_logits_match_torch_with_identical_weights(depth):
+  model = _build_v2(depth=depth, seed=4)
+  ref = TorchAttentiveClassifierV2(V2_D, V2_HEADS, CLASSES, depth=depth)
+  ref.load_state_dict(_torch_state_dict(model), strict=True)
+  x = _tokens(b=3, n=70, dim=V2_D, seed=5)
+  with torch.no_grad():
+    theirs = ref(torch.from_numpy(x)).numpy()
+  ours = np.asarray(jax.jit(lambda m, t: m(t))(model, x))
+  err = rel_error(ours, theirs)
+  bf16 = _build_v2(depth=depth, seed=4, dtype=jnp.bfloat16)
+  err_bf16 = rel_error(np.asarray(jax.jit(lambda m, t: m(t))(bf16, jnp.asarray(x, jnp.bfloat16))), theirs)
+  print(f'V-JEPA 2 probe depth {depth}: float32 rel err {err:.2e}, bfloat16 {err_bf16:.2e}')
+  assert ours.dtype == np.float32 and ours.shape == (3, CLASSES)
+  assert err <= 1e-5
+  assert err_bf16 <= 2e-2
+
+
+def test_v2_blocks_run_over_the_tokens_before_the_query():
+  # With the blocks' output projections zeroed each block is the identity, so the pooler reduces to its
+  # cross-attention block over the raw tokens; with them, the tokens are changed before the query attends.
+  model = _build_v2(seed=6)
+  x = _tokens(b=2, n=30, dim=V2_D, seed=7)
+  run = jax.jit(lambda m, t: m(t))
+  full = np.asarray(run(model, x))
+  for blk in model.pooler.blocks:
+    for lin in (blk.attn.proj, blk.mlp.fc2):
+      lin.kernel[...] = jnp.zeros_like(lin.kernel[...])
+      lin.bias[...] = jnp.zeros_like(lin.bias[...])
+  pooled = model.pooler.cross_attention_block(
+      jnp.broadcast_to(model.pooler.query_tokens[...], (2, 1, V2_D)), jnp.asarray(x))
+  identity_blocks = np.asarray(run(model, x))
+  np.testing.assert_allclose(identity_blocks, np.asarray(model.linear(pooled[:, 0])), rtol=1e-5, atol=1e-6)
+  assert rel_error(full, identity_blocks) > 1e-3
+
+
+def test_v2_every_parameter_gets_a_gradient():
+  model = _build_v2(seed=8)
+  x = _tokens(b=2, n=20, dim=V2_D, seed=9)
+  graphdef, params = nnx.split(model, nnx.Param)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)))(params)
+  dead = [k for k, g in nnx.to_flat_state(grads) if float(jnp.abs(g[...]).max()) == 0.0]
+  assert dead == []
+
+
+def test_v2_init_statistics_follow_the_official_init():
+  dim, heads = 512, 16
+  model = _build_v2(dim=dim, heads=heads, classes=400, seed=10)
+  std = lambda v: float(np.std(np.asarray(v[...])))
+  blocks, cross = model.pooler.blocks, model.pooler.cross_attention_block
+  for i, blk in enumerate(blocks):
+    for lin in (blk.attn.qkv, blk.mlp.fc1):
+      assert std(lin.kernel) == pytest.approx(0.02, rel=0.03)
+    # _rescale_blocks: layer_id = i + 1.
+    for lin in (blk.attn.proj, blk.mlp.fc2):
+      assert std(lin.kernel) == pytest.approx(0.02 / math.sqrt(2 * (i + 1)), rel=0.03)
+    assert blk.norm1.epsilon == 1e-5 and blk.norm2.epsilon == 1e-5
+  for lin in (cross.xattn.q, cross.xattn.kv, cross.mlp.fc1):
+    assert std(lin.kernel) == pytest.approx(0.02, rel=0.03)
+  # The cross block's fc2 takes the last block's layer_id + 1 = 3: 0.02 / sqrt(6).
+  assert std(cross.mlp.fc2.kernel) == pytest.approx(0.02 / math.sqrt(6), rel=0.03)
+  ref = TorchAttentiveClassifierV2(dim, heads, 400, depth=4)
+  for name in ('blocks.2.mlp.fc2', 'cross_attention_block.mlp.fc2', 'blocks.0.attn.proj'):
+    theirs = float(ref.pooler.get_submodule(name).weight.detach().std())
+    ours = std(model.pooler.blocks[int(name.split('.')[1])].mlp.fc2.kernel if name.startswith('blocks.2')
+               else cross.mlp.fc2.kernel if name.startswith('cross') else blocks[0].attn.proj.kernel)
+    assert ours == pytest.approx(theirs, rel=0.05), name
+
+
+def test_v2_parameter_count_vit_large_ssv2():
+  # ViT-L width, 16 heads, 174 classes (SSv2), num_probe_blocks 4; counted on an abstract model.
+  from jepa_jax.models import count_params
+  with nnx.use_eager_sharding(False):
+    abstract = nnx.eval_shape(lambda: AttentiveClassifier(1024, 16, 174, depth=4, rngs=nnx.Rngs(0)))
+  assert count_params(abstract) == 49_514_670
 
 
 # ---------------------------------------------------------------------------------------------- optimizer (6.2)
@@ -154,7 +252,7 @@ def _official_lr_wd(s, total, lr=1e-3, final_lr=0.0, wd=0.01, final_wd=1e-6):
 
 def test_probe_optimizer_matches_torch_adamw_with_official_groups_and_clipping():
   import optax
-  from jepa_jax.probe_optim import make_probe_optimizer, probe_weight_decay_mask
+  from jepa_jax.evaluation.probe_optim import make_probe_optimizer, probe_weight_decay_mask
 
   steps, wd = 6, 0.05
   model = _build(dim=32, heads=4, classes=5)
@@ -228,7 +326,7 @@ def test_probe_optimizer_matches_torch_adamw_with_official_groups_and_clipping()
 
 
 def test_probe_schedules_start_at_step_one_and_end_at_the_final_values():
-  from jepa_jax.probe_optim import probe_lr_schedule, probe_wd_schedule
+  from jepa_jax.evaluation.probe_optim import probe_lr_schedule, probe_wd_schedule
   lr, wd = probe_lr_schedule(1e-3, 0.0, 100), probe_wd_schedule(0.01, 1e-6, 100)
   assert float(lr(0)) == pytest.approx(_official_lr_wd(1, 100)[0], rel=1e-6)
   assert float(lr(0)) < 1e-3  # no warmup, and the first step already uses s = 1

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
+from jepa_jax.configs import default
 from jepa_jax import schedules
 
 
@@ -100,3 +100,108 @@ def test_clipping_starts_after_warmup_epochs(cfg):
   always = default.get_config().optim
   always.clip_always = True
   assert bool(schedules.clip_active(jnp.int32(0), always))
+
+
+# ---------------------------------------------------------------------------------------- V-JEPA 2 (§9.3, §9.4)
+
+def _vjepa2_optim(epochs, ipe=300, lr_schedule="warmup_cosine", final_lr=5.25e-4, warmup=40):
+  """configs/train/vit{l,h,g}16/{pretrain,cooldown}-*.yaml: start_lr 1e-4, lr 5.25e-4, wd 0.04 constant,
+  ema 0.99925 constant, ipe_scale 1.25, no clipping."""
+  cfg = default.get_config().optim
+  cfg.ipe, cfg.epochs, cfg.ipe_scale, cfg.warmup = ipe, epochs, 1.25, warmup
+  cfg.start_lr, cfg.lr, cfg.final_lr = 1e-4, 5.25e-4, final_lr
+  cfg.weight_decay = cfg.final_weight_decay = 0.04
+  cfg.ema = (0.99925, 0.99925)
+  cfg.clip_grad = 0.0
+  cfg.lr_schedule = lr_schedule
+  return cfg
+
+
+def official_linear_decay(cfg, num_steps):
+  """float64 transcription of LinearDecaySchedule (src/utils/schedulers.py): element s-1 is the value at step s."""
+  t_max = int(cfg.ipe_scale * cfg.epochs * cfg.ipe)
+  return np.array([cfg.lr + s / max(1, t_max) * (cfg.final_lr - cfg.lr) for s in range(1, num_steps + 1)])
+
+
+# (official step s, lr) of the ViT-g pretraining (800 epochs x 300): warmup 1e-4 -> 5.25e-4 over 12,000 steps.
+VJEPA2_PRETRAIN = [(1, 1.0003541667e-4), (6_000, 3.125e-4), (11_999, 5.2496458e-4), (12_000, 5.25e-4),
+                   (240_000, 5.25e-4)]
+
+
+@pytest.mark.parametrize("s,lr", VJEPA2_PRETRAIN)
+def test_vjepa2_pretraining_warmup_then_constant(s, lr):
+  cfg = _vjepa2_optim(epochs=800)
+  step = jnp.int32(s - 1)
+  np.testing.assert_allclose(schedules.learning_rate_schedule(cfg)(step), lr, rtol=1e-6)
+  assert float(schedules.weight_decay_schedule(cfg)(step)) == np.float32(0.04)
+  assert float(schedules.ema_momentum_schedule(cfg)(step)) == np.float32(0.99925)
+  assert not bool(schedules.clip_active(step, cfg))
+
+
+def test_vjepa2_pretraining_matches_the_official_classes_every_step():
+  cfg = _vjepa2_optim(epochs=800)
+  n = 13_000  # warmup and past it
+  lr_ref, wd_ref, ema_ref = official_values(cfg, n)
+  steps = jnp.arange(n, dtype=jnp.int32)
+  np.testing.assert_allclose(jax.jit(jax.vmap(schedules.learning_rate_schedule(cfg)))(steps), lr_ref, rtol=2e-6)
+  np.testing.assert_array_equal(jax.vmap(schedules.weight_decay_schedule(cfg))(steps), np.float32(wd_ref))
+  np.testing.assert_array_equal(jax.vmap(schedules.ema_momentum_schedule(cfg))(steps), np.float32(ema_ref))
+  assert set(np.float32(lr_ref[12_000 - 1:])) == {np.float32(5.25e-4)}  # constant after warmup
+
+
+def test_vjepa2_vitl_pretraining_config_never_leaves_warmup():
+  # configs/train/vitl16/pretrain-256px-16f.yaml says epochs 10: 3,000 steps, all inside the 12,000-step warmup.
+  cfg = _vjepa2_optim(epochs=10)
+  assert schedules.total_steps(cfg) == 3_000
+  lr = jax.vmap(schedules.learning_rate_schedule(cfg))(jnp.arange(3_000, dtype=jnp.int32))
+  np.testing.assert_allclose(lr, official_values(cfg, 3_000)[0], rtol=2e-6)
+  assert float(lr[-1]) == pytest.approx(1e-4 + 3_000 / 12_000 * 4.25e-4, rel=1e-6)
+
+
+# (ipe, epochs, official step s, lr): cooldown ViT-L/H and ViT-g-384 (40 x 300, T_max 15,000) and ViT-g-256
+# (4 x 30, T_max 150); both stop at 80% of the ramp, near 1.058e-4.
+VJEPA2_COOLDOWN = [(300, 40, 1, 5.2496507e-4), (300, 40, 6_000, 3.154e-4), (300, 40, 12_000, 1.058e-4),
+                   (30, 4, 1, 5.2150667e-4), (30, 4, 120, 1.058e-4)]
+
+
+@pytest.mark.parametrize("ipe,epochs,s,lr", VJEPA2_COOLDOWN)
+def test_vjepa2_cooldown_linear_decay_at_official_steps(ipe, epochs, s, lr):
+  cfg = _vjepa2_optim(epochs=epochs, ipe=ipe, lr_schedule="linear_decay", final_lr=1e-6, warmup=0)
+  np.testing.assert_allclose(schedules.learning_rate_schedule(cfg)(jnp.int32(s - 1)), lr, rtol=1e-5)
+  assert schedules.total_steps(cfg) == ipe * epochs
+
+
+def test_vjepa2_cooldown_matches_the_official_class_every_step():
+  cfg = _vjepa2_optim(epochs=40, lr_schedule="linear_decay", final_lr=1e-6, warmup=0)
+  n = schedules.total_steps(cfg)
+  lr = jax.jit(jax.vmap(schedules.learning_rate_schedule(cfg)))(jnp.arange(n, dtype=jnp.int32))
+  np.testing.assert_allclose(lr, official_linear_decay(cfg, n), rtol=1e-5)
+  assert float(lr[-1]) == pytest.approx(1.058e-4, rel=1e-5)  # the quirk: far from final_lr 1e-6
+
+
+def test_linear_decay_refuses_a_warmup_and_unknown_schedules_are_named():
+  cfg = _vjepa2_optim(epochs=40, lr_schedule="linear_decay", final_lr=1e-6, warmup=40)
+  with pytest.raises(ValueError, match="config.optim.warmup=40"):
+    schedules.learning_rate_schedule(cfg)
+  cfg.lr_schedule = "cosine"
+  with pytest.raises(ValueError, match="config.optim.lr_schedule='cosine'"):
+    schedules.learning_rate_schedule(cfg)
+
+
+def test_clip_grad_zero_never_clips_and_negative_is_refused():
+  cfg = _vjepa2_optim(epochs=800)
+  cfg.clip_always = True
+  active = jax.vmap(lambda k: schedules.clip_active(k, cfg))(jnp.arange(0, 20_000, 97, dtype=jnp.int32))
+  assert not bool(active.any())
+  cfg.clip_grad = -1.0
+  with pytest.raises(ValueError, match="config.optim.clip_grad=-1.0"):
+    schedules.clip_active(jnp.int32(0), cfg)
+
+
+def test_v1_default_is_unchanged_by_the_new_fields(cfg):
+  assert cfg.lr_schedule == "warmup_cosine" and cfg.clip_grad == 10.0
+  legacy = default.get_config().optim
+  del legacy["lr_schedule"]  # a config saved before the field existed
+  steps = jnp.arange(0, 90_000, 7, dtype=jnp.int32)
+  np.testing.assert_array_equal(jax.vmap(schedules.learning_rate_schedule(legacy))(steps),
+                                jax.vmap(schedules.learning_rate_schedule(cfg))(steps))

@@ -1,7 +1,8 @@
 """Our encoder and predictor equal the official PyTorch computation (tests/torch_reference.py) with the same weights.
 
-Weights cross through jepa_jax.torch_layout in both directions; inputs and weights are fresh random draws each run
-and the measured relative error (max |ours - torch| / max |torch|) is printed (pytest -s shows it).
+Weights cross through jepa_jax.torch_layout in both directions; inputs and weights are seeded random draws (a
+failure reproduces) and the measured relative error (max |ours - torch| / max |torch|) is printed (pytest -s shows
+it).
 """
 import jax
 import jax.numpy as jnp
@@ -18,14 +19,16 @@ TOL = 1e-5
 torch.set_num_threads(1)
 
 
-def _seed() -> int:
-  return int(np.random.default_rng().integers(1 << 30))
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+  """The official init (ref.init_official, torch's default Linear init) draws from torch's global generator."""
+  torch.manual_seed(0)
 
 
-def _encoder(**kwargs) -> vit.VisionTransformer:
+def _encoder(seed=1, **kwargs) -> vit.VisionTransformer:
   dims = dict(embed_dim=96, depth=2, num_heads=4)
   with nnx.use_eager_sharding(False):
-    return vit.VisionTransformer(**{**dims, **kwargs}, rngs=nnx.Rngs(_seed()))
+    return vit.VisionTransformer(**{**dims, **kwargs}, rngs=nnx.Rngs(seed))
 
 
 def _params(model) -> dict:
@@ -60,7 +63,7 @@ def _random_masks(rng, batch, num_patches, keep) -> np.ndarray:
 
 @pytest.mark.parametrize("frames,size,scan_layers", [(16, 32, False), (4, 64, True)])
 def test_encoder_matches_torch_on_full_clips_and_masked_subsets(frames, size, scan_layers):
-  rng = np.random.default_rng()
+  rng = np.random.default_rng(frames)
   model = _encoder(img_size=size, num_frames=frames, scan_layers=scan_layers)
   torch_model = _load_into_torch(model, ref.TorchVisionTransformer(
       img_size=size, num_frames=frames, embed_dim=96, depth=2, num_heads=4))
@@ -83,7 +86,7 @@ def test_encoder_from_official_init_matches_torch_at_another_clip_size():
   model = _encoder(img_size=32, num_frames=8)
   sd = {k: v.numpy() for k, v in torch_model.state_dict().items()}
   nnx.update(model, torch_layout.from_torch_state_dict(sd, _params(model)))
-  x = np.random.default_rng().standard_normal((2, 12, 48, 48, 3)).astype(np.float32)  # grid (6,3,3) from (4,2,2)
+  x = np.random.default_rng(2).standard_normal((2, 12, 48, 48, 3)).astype(np.float32)  # grid (6,3,3) from (4,2,2)
   with torch.no_grad():
     want = torch_model(_torch_clip(x)).numpy()
   err = ref.rel_error(_run(model, x), want)
@@ -92,12 +95,12 @@ def test_encoder_from_official_init_matches_torch_at_another_clip_size():
 
 
 def test_predictor_matches_torch_for_two_mask_generators():
-  rng = np.random.default_rng()
+  rng = np.random.default_rng(3)
   kwargs = dict(img_size=32, num_frames=16, embed_dim=96, predictor_embed_dim=48, depth=2, num_heads=4,
                 num_mask_tokens=2)
   with nnx.use_eager_sharding(False):
     # Non-zero mask tokens, so that using the wrong generator's token would show.
-    model = predictor.VisionTransformerPredictor(**kwargs, zero_init_mask_tokens=False, rngs=nnx.Rngs(_seed()))
+    model = predictor.VisionTransformerPredictor(**kwargs, zero_init_mask_tokens=False, rngs=nnx.Rngs(4))
   torch_model = _load_into_torch(model, ref.TorchPredictor(**kwargs))
   n = model.num_patches
   for mask_index, (kc, kt) in enumerate([(20, 6), (9, 17)]):  # a small-block and a large-block generator

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import bad_videos
 import tiny
 from input_pipeline import synthetic
 from input_pipeline import video
@@ -132,6 +133,20 @@ def test_feature_animation_has_every_frame(run, tmp_path, suffix):
       assert image.n_frames == expected and image.size == (512, 256)  # input | features, zoomed to 256 px
   else:
     assert video.video_info(path)[0] == expected
+
+
+def test_a_list_draws_its_first_readable_video_and_a_bad_video_is_a_clear_error(run, tmp_path, caplog):
+  workdir, _, lists = run
+  bad = bad_videos.write_bad_videos(str(tmp_path / "bad"))
+  mixed = bad_videos.list_with(str(tmp_path / "mixed.csv"), lists["motion_val"], [bad["truncated"], bad["empty"]],
+                               first=True)
+  with caplog.at_level("WARNING"):
+    path = visualize.draw_features(str(workdir), mixed, str(tmp_path / "features.png"))
+  assert _png_size(path)[0] > 0
+  assert f"skipping video {bad['truncated']}" in caplog.text and f"skipping video {bad['empty']}" in caplog.text
+  assert "2 unreadable videos skipped before" in caplog.text and _first_video(lists) in caplog.text
+  with pytest.raises(ValueError, match=r"truncated.mp4 cannot be read \(cannot open"):
+    visualize.draw_features(str(workdir), bad["truncated"], str(tmp_path / "bad.png"))
 
 
 def _first_video(lists):

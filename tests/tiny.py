@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from configs import demo
+from jepa_jax.configs import demo
 from input_pipeline import masks as masks_lib
 
 

@@ -3,6 +3,7 @@
 Builders create plain unsharded variables (no mesh needed), so call them under nnx.eval_shape for an abstract model
 or inside a jitted init with out_shardings for a sharded one.
 """
+import dataclasses
 import math
 
 import jax
@@ -11,10 +12,10 @@ import ml_collections
 from flax import nnx
 
 from jepa_jax.models.predictor import VisionTransformerPredictor
-from jepa_jax.models.vit import MODEL_ZOO, VisionTransformer
+from jepa_jax.models.vit import MODEL_SIZES, MODEL_ZOO, VisionTransformer
 
-__all__ = ["MODEL_ZOO", "VisionTransformer", "VisionTransformerPredictor", "build_encoder", "build_predictor",
-           "count_params"]
+__all__ = ["MODEL_SIZES", "MODEL_ZOO", "ModelDims", "VisionTransformer", "VisionTransformerPredictor",
+           "build_encoder", "build_predictor", "count_params", "model_dims"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -30,6 +31,55 @@ def _common(cfg: ml_collections.ConfigDict) -> dict:
 def _size_overrides(cfg: ml_collections.ConfigDict) -> dict:
   """config.model.embed_dim / depth / num_heads > 0 replace the zoo's values (small test and demo models)."""
   return {k: cfg.get(k) for k in ("embed_dim", "depth", "num_heads") if cfg.get(k, 0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDims:
+  """The sizes of the encoder and predictor that config.model builds (what FLOP counts and benchmarks need)."""
+  embed_dim: int
+  depth: int
+  num_heads: int
+  mlp_hidden: int
+  patch_size: int
+  tubelet_size: int
+  num_frames: int
+  crop_size: int
+  pred_embed_dim: int
+  pred_depth: int
+  pred_num_heads: int
+  pred_mlp_hidden: int
+
+  @property
+  def grid(self) -> tuple[int, int, int]:
+    """Tokens along (time, height, width) of one clip."""
+    side = self.crop_size // self.patch_size
+    return (self.num_frames // self.tubelet_size, side, side)
+
+  @property
+  def num_tokens(self) -> int:
+    return math.prod(self.grid)
+
+  @property
+  def patch_dim(self) -> int:
+    """Input values per token: a tubelet of RGB pixels."""
+    return 3 * self.tubelet_size * self.patch_size ** 2
+
+
+def model_dims(model_cfg: ml_collections.ConfigDict) -> ModelDims:
+  """The zoo's sizes (models/vit.py MODEL_SIZES) with config.model's overrides applied as build_encoder applies
+  them; nothing is built."""
+  if model_cfg.name not in MODEL_SIZES:
+    raise ValueError(f"unknown config.model.name {model_cfg.name!r}; choose from {sorted(MODEL_SIZES)}")
+  size = dataclasses.replace(MODEL_SIZES[model_cfg.name], **_size_overrides(model_cfg))
+  num_heads = size.num_heads
+  return ModelDims(
+      embed_dim=size.embed_dim, depth=size.depth, num_heads=num_heads,
+      mlp_hidden=int(size.embed_dim * size.mlp_ratio),  # as layers.Block sizes its Mlp
+      patch_size=model_cfg.patch_size, tubelet_size=model_cfg.tubelet_size, num_frames=model_cfg.num_frames,
+      crop_size=model_cfg.crop_size, pred_embed_dim=model_cfg.pred_embed_dim, pred_depth=model_cfg.pred_depth,
+      # V-JEPA 1 gives the predictor the encoder's head count (16 for L/H, so head_dim 24); 0 in the config means that.
+      pred_num_heads=model_cfg.pred_num_heads or num_heads,
+      pred_mlp_hidden=int(model_cfg.pred_embed_dim * 4.0))  # the predictor's blocks keep the default mlp_ratio 4
 
 
 def build_encoder(model_cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, *,
@@ -51,14 +101,11 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, *,
 def build_predictor(model_cfg: ml_collections.ConfigDict, num_mask_tokens: int,
                     rngs: nnx.Rngs) -> VisionTransformerPredictor:
   """The predictor for the configured encoder, one mask token per mask generator (reference §2.3)."""
-  # The encoder's width and heads, read from a one-block abstract build (nothing allocated).
-  encoder = build_encoder(model_cfg, nnx.Rngs(0), abstract_depth=1)
-  # V-JEPA 1 gives the predictor the encoder's head count (16 for L/H, so head_dim 24); 0 in the config means that.
-  num_heads = model_cfg.pred_num_heads or encoder.num_heads
+  dims = model_dims(model_cfg)
   with nnx.use_eager_sharding(False):
     return VisionTransformerPredictor(
-        **_common(model_cfg), embed_dim=encoder.embed_dim, predictor_embed_dim=model_cfg.pred_embed_dim,
-        depth=model_cfg.pred_depth, num_heads=num_heads, num_mask_tokens=num_mask_tokens,
+        **_common(model_cfg), embed_dim=dims.embed_dim, predictor_embed_dim=dims.pred_embed_dim,
+        depth=dims.pred_depth, num_heads=dims.pred_num_heads, num_mask_tokens=num_mask_tokens,
         zero_init_mask_tokens=model_cfg.zero_init_mask_tokens, rngs=rngs)
 
 

@@ -5,7 +5,8 @@ state_dict key (see jepa_jax/torch_layout.py). Parameters are float32; `dtype` i
 LayerNorm, the attention softmax and the residual stream stay float32, as under the official bf16 autocast.
 
 Every parameter carries logical axis names ('embed', 'mlp', 'heads', 'norm', 'conv'); configs/default.py maps
-them to mesh axes. Nothing here needs a mesh at construction: build under `nnx.use_eager_sharding(False)`.
+them to mesh axes. Nothing here needs a mesh at construction (see logical_axes): the modules build in a plain Python
+session, under nnx.eval_shape, or inside a jitted init whose out_shardings place them.
 """
 import functools
 import math
@@ -36,20 +37,30 @@ def constrain(x: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(x, ("batch", None, None))
 
 
+def logical_axes(*names: str | None) -> dict:
+  """Variable metadata naming a parameter's logical axes, without sharding it at creation.
+
+  flax shards a Variable with `out_sharding` eagerly when it is created, which needs a mesh and the axis rules
+  (outside one: "An auto mesh context or metadata is required"). Ours are placed later, from these names
+  (sharding.param_shardings, the train state's jitted init), so creation never needs a mesh.
+  """
+  return {"out_sharding": names, "eager_sharding": False}
+
+
 def linear(in_features: int, out_features: int, axes: tuple[str | None, str | None], bias_axis: str | None,
            dtype, rngs: nnx.Rngs) -> nnx.Linear:
   """An official-init Linear whose kernel [in, out] carries `axes` and whose bias carries `bias_axis`."""
   return nnx.Linear(
       in_features, out_features, use_bias=True, dtype=dtype, param_dtype=jnp.float32,
       kernel_init=weight_init, bias_init=zeros_init, rngs=rngs,
-      kernel_metadata={"out_sharding": axes}, bias_metadata={"out_sharding": (bias_axis,)})
+      kernel_metadata=logical_axes(*axes), bias_metadata=logical_axes(bias_axis))
 
 
 def layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
   """LayerNorm(eps 1e-6, affine) computed in float32 whatever the compute dtype."""
   return nnx.LayerNorm(
       dim, epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs,
-      scale_metadata={"out_sharding": ("norm",)}, bias_metadata={"out_sharding": ("norm",)})
+      scale_metadata=logical_axes("norm"), bias_metadata=logical_axes("norm"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -144,8 +155,8 @@ class PatchEmbed3D(nnx.Module):
     self.proj = nnx.Conv(
         in_chans, embed_dim, kernel_size=kernel, strides=kernel, padding="VALID", dtype=dtype,
         param_dtype=jnp.float32, kernel_init=weight_init, bias_init=zeros_init, rngs=rngs,
-        kernel_metadata={"out_sharding": ("conv", "conv", "conv", "conv", "embed")},
-        bias_metadata={"out_sharding": ("norm",)})
+        kernel_metadata=logical_axes("conv", "conv", "conv", "conv", "embed"),
+        bias_metadata=logical_axes("norm"))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     # Stride equals kernel, so the conv is a matmul over flattened tubelets. Written as one: same parameters and

@@ -36,7 +36,7 @@ class VisionTransformerPredictor(nnx.Module):
     token_init = layers.zeros_init if zero_init_mask_tokens else layers.weight_init
     self.mask_tokens = nnx.List([
         nnx.Param(token_init(rngs.params(), (1, 1, predictor_embed_dim), jnp.float32),
-                  out_sharding=(None, None, "norm"))
+                  **layers.logical_axes(None, None, "norm"))
         for _ in range(num_mask_tokens)])
     self.predictor_blocks = layers.make_blocks(
         depth, lambda r: layers.Block(predictor_embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,

@@ -4,8 +4,15 @@ Module and attribute names follow src/models/attentive_pooler.py and src/models/
 path joined with '.' is the official probe key without the DDP 'module.' prefix (after kernel->weight with a
 transpose, scale->weight). A released probe therefore loads by renaming leaves, and ours export the same way.
 
-The probe is small (one block) but sees many tokens: 8 segments x 1568 = 12,544 keys for K400. Its cost is the
-kv projection over those tokens, so the compute dtype is configurable; LayerNorm, softmax and the logits are float32.
+depth (the official num_probe_blocks) selects the generation:
+  1  V-JEPA 1 (reference §6.1): the cross-attention block alone, with the unused xattn.proj kept as a parameter.
+  >1 V-JEPA 2 (docs/reference.md §9.5; 4 in every released eval config): depth - 1 self-attention Blocks over all
+     encoder tokens (plain attention: no RoPE, no positions), then the cross-attention block, whose xattn has q and
+     kv only (the V-JEPA 2 CrossAttention has no proj parameter at all).
+
+A one-block probe sees many tokens (8 segments x 1568 = 12,544 keys for K400): its cost is the kv projection over
+them, and the V-JEPA 2 probe adds full self-attention over them. The compute dtype is configurable; LayerNorm,
+softmax, the residual stream and the logits are float32.
 """
 import math
 
@@ -60,17 +67,18 @@ class CrossAttention(nnx.Module):
   (B, N, 2, H, D/H) reads them.
   """
 
-  def __init__(self, dim, num_heads, *, qkv_bias, dtype, implementation, rngs):
+  def __init__(self, dim, num_heads, *, qkv_bias, dtype, implementation, with_proj=True, rngs):
     if dim % num_heads:
       raise ValueError(f'embed_dim {dim} is not divisible by num_heads {num_heads}')
     self.num_heads = num_heads
     self.implementation = implementation
     self.q = _linear(dim, dim, (_EMBED, _HEADS), rngs, dtype, use_bias=qkv_bias)
     self.kv = _linear(dim, 2 * dim, (_EMBED, _HEADS), rngs, dtype, use_bias=qkv_bias)
-    # [quirk, reference 6.1] proj is created (and initialised, and rescaled) so the state dict matches the
-    # released probes, but forward does not apply it: adding it (jepa PR #17) broke the released probes and was
-    # reverted (a0517b4); jepa issue #94. It receives zero gradient.
-    self.proj = _linear(dim, dim, (_HEADS, _EMBED), rngs, dtype)
+    if with_proj:
+      # [quirk, reference 6.1] V-JEPA 1: proj is created (and initialised, and rescaled) so the state dict matches
+      # the released probes, but forward does not apply it: adding it (jepa PR #17) broke the released probes and
+      # was reverted (a0517b4); jepa issue #94. It receives zero gradient. V-JEPA 2 drops the parameter.
+      self.proj = _linear(dim, dim, (_HEADS, _EMBED), rngs, dtype)
 
   def __call__(self, q, x):
     b, n, d = q.shape
@@ -86,11 +94,12 @@ class CrossAttention(nnx.Module):
 class CrossAttentionBlock(nnx.Module):
   """y = xattn(q, norm1(x)); q += y; q += mlp(norm2(q)). The query itself is never normalised before attention."""
 
-  def __init__(self, dim, num_heads, mlp_ratio, *, qkv_bias, dtype, implementation, rngs):
+  def __init__(self, dim, num_heads, mlp_ratio, *, qkv_bias, dtype, implementation, with_proj=True, rngs):
     self.dtype = dtype
     self.norm1 = _layer_norm(dim, rngs)
     self.xattn = CrossAttention(
-        dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, implementation=implementation, rngs=rngs)
+        dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, implementation=implementation, with_proj=with_proj,
+        rngs=rngs)
     self.norm2 = _layer_norm(dim, rngs)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
@@ -100,26 +109,76 @@ class CrossAttentionBlock(nnx.Module):
     return q + self.mlp(self.norm2(q).astype(self.dtype)).astype(q.dtype)
 
 
+class SelfAttention(nnx.Module):
+  """The probe Blocks' attention: the official (non-RoPE) Attention, fused qkv with rows q | k | v, head-major."""
+
+  def __init__(self, dim, num_heads, *, qkv_bias, dtype, implementation, rngs):
+    if dim % num_heads:
+      raise ValueError(f'embed_dim {dim} is not divisible by num_heads {num_heads}')
+    self.num_heads = num_heads
+    self.implementation = implementation
+    self.qkv = _linear(dim, 3 * dim, (_EMBED, _HEADS), rngs, dtype, use_bias=qkv_bias)
+    self.proj = _linear(dim, dim, (_HEADS, _EMBED), rngs, dtype)
+
+  def __call__(self, x):
+    b, n, d = x.shape
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+    out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], implementation=self.implementation)
+    return self.proj(out.reshape(b, n, d))
+
+
+class Block(nnx.Module):
+  """The official Block as the V-JEPA 2 pooler builds it: pre-norm (LayerNorm eps 1e-5), attention, GELU MLP."""
+
+  def __init__(self, dim, num_heads, mlp_ratio, *, qkv_bias, dtype, implementation, rngs):
+    self.dtype = dtype
+    self.norm1 = _layer_norm(dim, rngs)
+    self.attn = SelfAttention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, implementation=implementation,
+                              rngs=rngs)
+    self.norm2 = _layer_norm(dim, rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    x = x.astype(jnp.float32)  # the residual stream stays float32 (bf16 features in, float32 through the blocks)
+    x = x + self.attn(self.norm1(x).astype(self.dtype)).astype(jnp.float32)
+    return x + self.mlp(self.norm2(x).astype(self.dtype)).astype(jnp.float32)
+
+
 class AttentivePooler(nnx.Module):
-  """One learned query pooled over the tokens by a cross-attention block: [B, N, D] -> [B, 1, D]."""
+  """One learned query pooled over the tokens: [B, N, D] -> [B, 1, D] (V-JEPA 2: after depth - 1 Blocks)."""
 
   def __init__(self, embed_dim, num_heads, mlp_ratio=4.0, depth=1, qkv_bias=True, dtype=jnp.float32,
                implementation=None, *, rngs):
-    if depth != 1:
-      # depth > 1 appends self-attention Blocks on the query; no V1 config or released probe uses it.
-      raise ValueError(f'AttentivePooler takes depth=1, the one cross-attention block of every V-JEPA 1 probe; got '
-                       f'{depth}')
+    if depth < 1:
+      raise ValueError(f'AttentivePooler depth (num_probe_blocks) must be >= 1: 1 for the V-JEPA 1 probe, 4 for '
+                       f'the V-JEPA 2 probe; got {depth}')
     self.query_tokens = nnx.Param(
         _normal(0.02, (None, None, _EMBED))(rngs.params(), (1, 1, embed_dim), jnp.float32))
     self.cross_attention_block = CrossAttentionBlock(
         embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, dtype=dtype, implementation=implementation,
-        rngs=rngs)
-    # Official _rescale_blocks: divide by sqrt(2 * layer_id) with layer_id = 1, after the init and never undone.
-    blk = self.cross_attention_block
-    for lin in (blk.xattn.proj, blk.mlp.fc2):
-      lin.kernel[...] = lin.kernel[...] / math.sqrt(2.0)
+        with_proj=depth == 1, rngs=rngs)
+    if depth > 1:
+      # V-JEPA 2 order: the Blocks run over the tokens before the query attends. (V-JEPA 1's code applied
+      # depth > 1 Blocks to the query after it; no V-JEPA 1 config or released probe used that, so it is not built.)
+      self.blocks = nnx.List([
+          Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, dtype=dtype, implementation=implementation,
+                rngs=rngs) for _ in range(depth - 1)])
+    else:
+      self.blocks = None
+    # Official _rescale_blocks, after the init and never undone: block i's attn.proj and mlp.fc2 by
+    # 1/sqrt(2 (i + 1)); the cross block's mlp.fc2 with the last block's layer_id + 1, i.e. 1/sqrt(2 (depth - 1))
+    # (1/sqrt(2) for depth 1, where V-JEPA 1 also rescales its unused xattn.proj).
+    for i, blk in enumerate(self.blocks or []):
+      for lin in (blk.attn.proj, blk.mlp.fc2):
+        lin.kernel[...] = lin.kernel[...] / math.sqrt(2.0 * (i + 1))
+    cross = self.cross_attention_block
+    cross_scale = math.sqrt(2.0 * max(1, depth - 1))
+    for lin in ((cross.xattn.proj,) if depth == 1 else ()) + (cross.mlp.fc2,):
+      lin.kernel[...] = lin.kernel[...] / cross_scale
 
   def __call__(self, x):
+    for blk in self.blocks or []:
+      x = blk(x)
     q = jnp.broadcast_to(self.query_tokens[...], (x.shape[0],) + self.query_tokens.shape[1:])
     return self.cross_attention_block(q, x)
 

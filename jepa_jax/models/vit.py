@@ -1,4 +1,6 @@
 """The V-JEPA video encoder (also the target encoder) and the official model zoo (reference §2.1, §2.2)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -70,37 +72,69 @@ class VisionTransformer(nnx.Module):
 # Model zoo (reference §2.1). Every official model uses qkv_bias=True and LayerNorm eps 1e-6.
 
 
+@dataclasses.dataclass(frozen=True)
+class ZooSize:
+  """One zoo model's dimensions: the only place they are written (FLOP counts, importers and benchmarks read them
+  through jepa_jax.models.model_dims)."""
+  patch_size: int
+  embed_dim: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float = 4.0
+
+
+MODEL_SIZES = {
+    "vit_tiny": ZooSize(16, 192, 12, 3),
+    "vit_small": ZooSize(16, 384, 12, 6),
+    "vit_base": ZooSize(16, 768, 12, 12),
+    "vit_large": ZooSize(16, 1024, 24, 16),
+    "vit_huge": ZooSize(16, 1280, 32, 16),
+    # mlp_ratio 48/11 gives int(1408 * 48/11) = int(6144.0) = 6144 hidden units.
+    "vit_giant": ZooSize(16, 1408, 40, 16, 48 / 11),
+    # [quirk §2.1] The official factory passes `mpl_ratio=64/13` (a typo) that **kwargs swallows, so the MLP keeps
+    # the default ratio 4.0 (hidden 6656). We reproduce the effective model. Its default patch size is 14.
+    "vit_gigantic": ZooSize(14, 1664, 48, 16, 4.0),
+    # V-JEPA 2 (docs/reference.md §9.1). The released "ViT-g" is vit_giant_xformers: 22 heads of 64 channels (the
+    # 16-head vit_giant above is not a V-JEPA 2 model); hidden int(1408 * 48/11) = 6144. L and H are unchanged.
+    "vit_giant_xformers": ZooSize(16, 1408, 40, 22, 48 / 11),
+}
+
+
+def _zoo_model(name: str, kwargs: dict) -> VisionTransformer:
+  """The named zoo model; keyword arguments override its sizes (small test and demo models)."""
+  return VisionTransformer(**{**dataclasses.asdict(MODEL_SIZES[name]), **kwargs})
+
+
 def vit_tiny(**kwargs) -> VisionTransformer:
-  return VisionTransformer(**{"patch_size": 16, "embed_dim": 192, "depth": 12, "num_heads": 3, **kwargs})
+  return _zoo_model("vit_tiny", kwargs)
 
 
 def vit_small(**kwargs) -> VisionTransformer:
-  return VisionTransformer(**{"patch_size": 16, "embed_dim": 384, "depth": 12, "num_heads": 6, **kwargs})
+  return _zoo_model("vit_small", kwargs)
 
 
 def vit_base(**kwargs) -> VisionTransformer:
-  return VisionTransformer(**{"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+  return _zoo_model("vit_base", kwargs)
 
 
 def vit_large(**kwargs) -> VisionTransformer:
-  return VisionTransformer(**{"patch_size": 16, "embed_dim": 1024, "depth": 24, "num_heads": 16, **kwargs})
+  return _zoo_model("vit_large", kwargs)
 
 
 def vit_huge(**kwargs) -> VisionTransformer:
-  return VisionTransformer(**{"patch_size": 16, "embed_dim": 1280, "depth": 32, "num_heads": 16, **kwargs})
+  return _zoo_model("vit_huge", kwargs)
 
 
 def vit_giant(**kwargs) -> VisionTransformer:
-  # mlp_ratio 48/11 gives int(1408 * 48/11) = int(6144.0) = 6144 hidden units.
-  return VisionTransformer(**{"patch_size": 16, "embed_dim": 1408, "depth": 40, "num_heads": 16,
-                              "mlp_ratio": 48 / 11, **kwargs})
+  return _zoo_model("vit_giant", kwargs)
 
 
 def vit_gigantic(**kwargs) -> VisionTransformer:
-  # [quirk §2.1] The official factory passes `mpl_ratio=64/13` (a typo) that **kwargs swallows, so the MLP keeps
-  # the default ratio 4.0 (hidden 6656). We reproduce the effective model. Its default patch size is 14.
-  return VisionTransformer(**{"patch_size": 14, "embed_dim": 1664, "depth": 48, "num_heads": 16,
-                              "mlp_ratio": 4.0, **kwargs})
+  return _zoo_model("vit_gigantic", kwargs)
+
+
+def vit_giant_xformers(**kwargs) -> VisionTransformer:
+  return _zoo_model("vit_giant_xformers", kwargs)
 
 
 MODEL_ZOO = {
@@ -111,4 +145,5 @@ MODEL_ZOO = {
     "vit_huge": vit_huge,
     "vit_giant": vit_giant,
     "vit_gigantic": vit_gigantic,
+    "vit_giant_xformers": vit_giant_xformers,
 }

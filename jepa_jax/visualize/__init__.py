@@ -2,7 +2,7 @@
 
 Commands (python -m jepa_jax.visualize, see __main__.py):
   masks     --config=configs/X.py [--workdir=DIR] --out=masks.png
-  features  --workdir=DIR --video=FILE --out=features.png|.gif|.mp4
+  features  --workdir=DIR --video=FILE|LIST --out=features.png|.gif|.mp4
   curves    --workdir=DIR --out=curves.png
 The training loop calls write_curves(workdir) at each checkpoint and write_run_pictures(workdir, config) at the end
 of a run with config.visualize_at_end.
@@ -21,16 +21,13 @@ __all__ = ["draw_curves", "draw_features", "draw_masks", "mask_rows", "overlay",
            "token_labels", "token_map_to_frames", "write_curves", "write_run_pictures"]
 
 
-def first_video(config) -> str:
-  """The first video of the first pretraining list (config.data.datasets, official 'path label' lists)."""
-  from input_pipeline import sources
+def first_list(config) -> str:
+  """The first pretraining list (config.data.datasets, official 'path label' lists): its first readable video is
+  the one drawn."""
   lists = [p for p in config.data.datasets if p]
   if not lists:
     raise ValueError("config.data.datasets is empty: no video to draw features of")
-  paths, _ = sources.read_file_list(lists[0])
-  if not paths:
-    raise ValueError(f"{lists[0]} lists no videos")
-  return paths[0]
+  return lists[0]
 
 
 def write_run_pictures(workdir, config) -> dict[str, str]:
@@ -42,7 +39,7 @@ def write_run_pictures(workdir, config) -> dict[str, str]:
   workdir = os.fspath(workdir)
   pictures = {
       "masks": draw_masks(config, os.path.join(workdir, "masks.png"), workdir=workdir),
-      "features": draw_features(workdir, first_video(config), os.path.join(workdir, "features.png")),
+      "features": draw_features(workdir, first_list(config), os.path.join(workdir, "features.png")),
   }
   curves = write_curves(workdir)
   if curves:

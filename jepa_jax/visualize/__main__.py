@@ -3,18 +3,21 @@
   masks     --config=configs/demo.py [--config.x=y] [--workdir=DIR] [--num_clips=3] --out=masks.png
             The first training batch of the config (its data, seed and mask generators); synthetic-data configs
             write their videos into WORKDIR/data (a temporary folder without --workdir).
-  features  --workdir=RUN --video=FILE [--max_clips=4] [--step=N] --out=features.png|features.gif|features.mp4
+  features  --workdir=RUN --video=FILE|LIST.csv [--max_clips=4] [--step=N] --out=features.png|.gif|.mp4
+            A list draws its first readable video (unreadable ones are skipped with a warning each).
   curves    --workdir=RUN --out=curves.png
 """
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (masks).", lock_config=True)
+from jepa_jax import config_files
+
+_CONFIG = config_files.DEFINE_config("config", "Config file or shipped config name (masks).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (features, curves); synthetic data folder (masks).")
 _OUT = flags.DEFINE_string("out", None, "Output file: .png (all), .gif or .mp4 (features).")
-_VIDEO = flags.DEFINE_string("video", None, "Video file (features).")
+_VIDEO = flags.DEFINE_string("video", None, "Video file, or an official list whose first readable video is drawn "
+                             "(features).")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 3, "Clips of the first batch to draw (masks).")
 _MAX_CLIPS = flags.DEFINE_integer("max_clips", 4, "Consecutive clips of the video in a .gif/.mp4 (features).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (features; default: the latest).")

@@ -7,7 +7,6 @@ together) shows as regions of one colour; an untrained encoder gives mostly posi
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -47,48 +46,8 @@ def token_map_to_frames(rgb: np.ndarray, *, patch_size: int, tubelet_size: int) 
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The run's frozen target encoder.
+# Clips of the run's videos, for its frozen target encoder (read through jepa_jax.load_encoder).
 # --------------------------------------------------------------------------------------------------------------
-
-def load_run_config(workdir: str):
-  """The config of the run in workdir: WORKDIR/config.json (written by the loop), else the checkpoint's copy."""
-  import ml_collections
-  from jepa_jax import checkpointing
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  ckpt = checkpointing.Checkpointer(workdir, async_save=False, read_only=True)
-  return ml_collections.ConfigDict(ckpt.restore_config())
-
-
-def load_target_encoder(workdir: str, config, step: int | None = None):
-  """(encode fn: uint8 clips [B, T, H, W, 3] -> float32 [B, N, D], restored step), on the host's first device.
-
-  Only the target encoder is read from the checkpoint (no context encoder, predictor or optimizer moments).
-  """
-  import jax
-  from flax import nnx
-  from jepa_jax import checkpointing
-  from jepa_jax import train_state
-  from jepa_jax import train_step
-
-  ckpt = checkpointing.Checkpointer(workdir, async_save=False, read_only=True)
-  step = ckpt.latest_step() if step is None else step
-  ckpt.close()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first, or pass the run's workdir")
-  defs = train_state.model_defs(config)
-  shapes = train_state.abstract_param_shapes(defs)["encoder"]
-  params = checkpointing.restore_params_only(workdir, {"target_encoder": shapes}, step=step)["target_encoder"]
-  dtype = jax.numpy.dtype(config.model.dtype)
-
-  @jax.jit
-  def encode(params, clips):
-    return nnx.merge(defs.encoder_def, params)(train_step.normalize_clips(clips, dtype)).astype(jax.numpy.float32)
-
-  return (lambda clips: np.asarray(encode(params, clips))), step
-
 
 def read_clips(path: str, config, max_clips: int) -> np.ndarray:
   """uint8 [K, T, S, S, 3]: up to max_clips consecutive clips from the start of the video, with the config's
@@ -111,32 +70,76 @@ def read_clips(path: str, config, max_clips: int) -> np.ndarray:
   return frames[:, top:top + size, left:left + size].reshape(count, t, size, size, 3)
 
 
+def is_file_list(path: str) -> bool:
+  """An official list ('path label' per line: .csv or .txt) rather than a video."""
+  return path.endswith((".csv", ".txt"))
+
+
+def first_readable_clips(path: str, config, max_clips: int) -> tuple[str, np.ndarray, dict[str, str]]:
+  """(video, its clips, {skipped video: why}): `path` itself, or the first readable video of the list `path`.
+
+  Unreadable or too-short videos of a list are skipped as training skips them (a warning naming each file and
+  why, a stop past config.data.max_failure_fraction); a single video that cannot be read is a clear error.
+  """
+  from input_pipeline import pipeline
+  from input_pipeline import sources
+  from input_pipeline import video
+  if not is_file_list(path):
+    try:
+      return path, read_clips(path, config, max_clips), {}
+    except video.VideoDecodeError as e:
+      raise ValueError(f"{e.path} cannot be read ({e.reason}); pass another video, or a list to take the first "
+                       "readable one of") from None
+  failures = pipeline.DecodeFailures(float(config.data.get("max_failure_fraction", 0.5)), where=path)
+  for candidate in sources.read_file_list(path)[0]:
+    try:
+      clips = read_clips(candidate, config, max_clips)
+    except video.VideoDecodeError as e:
+      failures.failed(e.path, e.reason)
+      continue
+    return candidate, clips, failures.skipped
+  failures.check(final=True)
+  raise ValueError(f"{path} lists no videos")
+
+
 def feature_maps(workdir: str, video_path: str, *, max_clips: int = 1, step: int | None = None):
-  """(clips uint8 [K, T, S, S, 3], pca frames uint8 [K, T, S, S, 3], explained [3], config, step)."""
-  config = load_run_config(workdir)
-  encode, step = load_target_encoder(workdir, config, step)
-  clips = read_clips(video_path, config, max_clips)
+  """(clips uint8 [K, T, S, S, 3], pca frames uint8 [K, T, S, S, 3], explained [3], encoder, video, skipped).
+
+  video_path: a video, or a list whose first readable video is drawn (`skipped`: the videos passed over, and why).
+  """
+  from jepa_jax.loading import load_encoder
+  encoder = load_encoder(workdir, which="target", step=step)  # only the target encoder is read
+  config = encoder.config
+  video_path, clips, skipped = first_readable_clips(video_path, config, max_clips)
   m = config.model
   grid = (m.num_frames // m.tubelet_size, m.crop_size // m.patch_size, m.crop_size // m.patch_size)
-  features = encode(clips)  # [K, N, D], tokens in (t, h, w) order
+  features = encoder.encode(clips)  # [K, N, D], tokens in (t, h, w) order
   rgb, explained = pca_rgb(features.reshape(clips.shape[0], *grid, -1))
-  return clips, token_map_to_frames(rgb, patch_size=m.patch_size, tubelet_size=m.tubelet_size), explained, config, step
+  maps = token_map_to_frames(rgb, patch_size=m.patch_size, tubelet_size=m.tubelet_size)
+  return clips, maps, explained, encoder, video_path, skipped
 
 
 def draw_features(workdir: str, video_path: str, out: str, *, max_clips: int = 4, step: int | None = None,
                   fps: int = 8) -> str:
-  """Writes the PCA feature maps of `video_path` to `out`: .png (first clip, one column per tubelet), .gif or
-  .mp4 (every frame of up to max_clips clips, input beside features)."""
+  """Writes the PCA feature maps of `video_path` (a video, or a list: its first readable video) to `out`: .png
+  (first clip, one column per tubelet), .gif or .mp4 (every frame of up to max_clips clips, input beside
+  features)."""
   ext = os.path.splitext(out)[1].lower()
-  clips, maps, explained, config, step = feature_maps(workdir, video_path, max_clips=1 if ext == ".png" else max_clips,
-                                                      step=step)
+  if ext not in (".png", ".gif", ".mp4"):
+    raise ValueError(f"--out={out}: use .png, .gif or .mp4")
+  clips, maps, explained, encoder, video_path, skipped = feature_maps(
+      workdir, video_path, max_clips=1 if ext == ".png" else max_clips, step=step)
+  config, step = encoder.config, encoder.step
   ratios = ", ".join(f"{100 * e:.0f}%" for e in explained)
+  passed_over = f"; {len(skipped)} unreadable videos skipped before it" if skipped else ""
+  if skipped:
+    logging.warning("Feature maps: %d unreadable videos skipped before %s.", len(skipped), video_path)
   if ext == ".png":
     tub = config.model.tubelet_size
     fig = render.strip_grid(
         [clips[0, ::tub], maps[0, ::tub]], ["input frames", "target encoder\nPCA -> RGB"],
         col_labels=[f"frame {i}" for i in range(0, clips.shape[1], tub)],
-        title=f"Target encoder features at step {step}: {os.path.basename(video_path)}\n"
+        title=f"Target encoder features at step {step}: {os.path.basename(video_path)}{passed_over}\n"
               f"first 3 principal components as RGB (explained variance {ratios})")
     return render.save(fig, out)
   frames = np.concatenate([clips, maps], axis=3).reshape(-1, *clips.shape[2:3], 2 * clips.shape[3], 3)
@@ -150,7 +153,5 @@ def draw_features(workdir: str, video_path: str, out: str, *, max_clips: int = 4
   elif ext == ".mp4":
     from input_pipeline import synthetic
     synthetic.write_mp4(out, frames[:, :frames.shape[1] // 2 * 2, :frames.shape[2] // 2 * 2], fps=fps)
-  else:
-    raise ValueError(f"--out={out}: use .png, .gif or .mp4")
   logging.info("Feature maps of %d frames (explained variance %s) written to %s", len(frames), ratios, out)
   return out

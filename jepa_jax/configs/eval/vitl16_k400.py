@@ -1,5 +1,5 @@
 """vitl16 frozen attentive probe on k400 (official configs/evals/vitl16_k400*.yaml; reference 6.4)."""
-from configs.eval import base
+from jepa_jax.configs.eval import base
 
 
 def get_config():

@@ -4,7 +4,7 @@ It writes its own videos (moving shapes, input_pipeline/synthetic.py) into WORKD
 `python -m jepa_jax.main --config=configs/demo.py --workdir=DIR` needs nothing else. Same code path as the real
 configs; only sizes and the schedule horizon shrink.
 """
-from configs import default
+from jepa_jax.configs import default
 
 
 def get_config():

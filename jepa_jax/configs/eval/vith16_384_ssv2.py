@@ -1,5 +1,5 @@
 """vith16_384 frozen attentive probe on ssv2 (official configs/evals/vith16_384_ssv2*.yaml; reference 6.4)."""
-from configs.eval import base
+from jepa_jax.configs.eval import base
 
 
 def get_config():

@@ -8,6 +8,9 @@ uploaded whole (`MirroredDir`), at most every `min_interval_s` (GCS allows about
 
 Reads go through fsspec's own URL handling rather than etils: fsspec's filesystem cache is per process, so a
 filesystem created in the parent is never reused in a data worker (gcsfs instances are not fork-safe).
+
+It lives in input_pipeline, the lower of the two packages (input_pipeline never imports jepa_jax): the pipeline
+opens videos and lists through it, and jepa_jax's logs and synthetic data use it from here.
 """
 from __future__ import annotations
 

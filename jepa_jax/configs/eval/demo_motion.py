@@ -6,8 +6,8 @@ mirror configs/demo.py. Sizes shrink for a 2-core CPU. The training augmentation
 one (no RandAugment, no random erasing, no random crop): with 77 training videos of 64 pixels, the official
 augmentation leaves a probe of a few hundred steps at chance even on features that carry the motion.
 """
-from configs import demo
-from configs.eval import base
+from jepa_jax.configs import demo
+from jepa_jax.configs.eval import base
 
 
 def get_config():

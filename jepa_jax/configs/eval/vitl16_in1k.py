@@ -1,5 +1,5 @@
 """vitl16 frozen attentive probe on in1k (official configs/evals/vitl16_in1k*.yaml; reference 6.4)."""
-from configs.eval import base
+from jepa_jax.configs.eval import base
 
 
 def get_config():

@@ -78,9 +78,13 @@ def get_config() -> ml_collections.ConfigDict:
   optim.lr = 6.25e-4
   optim.final_lr = 1e-6
   optim.weight_decay = 0.04
-  optim.final_weight_decay = 0.4
-  optim.ema = (0.998, 1.0)
-  optim.clip_grad = 10.0
+  optim.final_weight_decay = 0.4  # cosine weight_decay -> this; equal to weight_decay: constant (V-JEPA 2: 0.04).
+  # "warmup_cosine": official WarmupCosineSchedule (V-JEPA 1; V-JEPA 2 pretraining sets final_lr = lr, i.e. warmup
+  # then constant). "linear_decay": official LinearDecaySchedule, lr -> final_lr over int(ipe_scale x epochs x ipe)
+  # steps, no warmup (the V-JEPA 2 cooldown; warmup must be 0).
+  optim.lr_schedule = "warmup_cosine"
+  optim.ema = (0.998, 1.0)  # (start, end), linear over the ipe_scale horizon; (m, m) is constant (V-JEPA 2).
+  optim.clip_grad = 10.0  # 0: no gradient clipping (V-JEPA 2).
   optim.clip_always = False  # the official run clips only after the warmup epochs.
   optim.betas = (0.9, 0.999)
   optim.eps = 1e-8

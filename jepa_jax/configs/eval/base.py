@@ -10,7 +10,7 @@ Official values shared by every task: 20 epochs, lr 1e-3 cosine to 0 without war
 """
 import ml_collections
 
-from configs import default
+from jepa_jax.configs import default
 
 # task -> (num_classes, global batch, weight decay, segments, views, write tag); reference 6.4.
 TASKS = {
@@ -70,4 +70,7 @@ def get(model: str, task: str) -> ml_collections.ConfigDict:
   e.auto_augment = True
   e.reprob = 0.25
   e.num_workers = 8
+  # Unreadable or too-short videos are dropped, warned about and counted (the CSV's `skipped`); past this share of
+  # a split's decodes the probe stops with an error (pretraining's data.max_failure_fraction).
+  e.max_failure_fraction = 0.5
   return config
