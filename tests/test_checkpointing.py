@@ -229,7 +229,7 @@ def _truncate(path, size):
 
 
 DAMAGE = {  # what a crash, a full disk or a bad copy leaves in a step folder, done to the real files
-    "truncated array file": lambda d: _truncate(_biggest(d), 100),
+    "truncated array files": lambda d: [_truncate(p, os.path.getsize(p) // 2) for p in _array_files(d)],
     "empty array file": lambda d: _truncate(_biggest(d), 0),
     "missing array files": lambda d: [os.remove(p) for p in _array_files(d)],
     "truncated state manifest": lambda d: _truncate(f"{d}/state/manifest.ocdbt", 10),
@@ -277,7 +277,7 @@ def test_a_set_aside_step_never_makes_max_to_keep_delete_the_good_one(tmp_path, 
   """keep=2 with steps 1 and a damaged 2: had step 2 stayed in the listing, saving step 3 would delete step 1,
   the only readable one."""
   sh = _save_steps(tmp_path, mesh, (1, 2), keep=2)
-  DAMAGE["truncated array file"](str(tmp_path / "checkpoints" / "2"))
+  DAMAGE["truncated array files"](str(tmp_path / "checkpoints" / "2"))
   with checkpointing.Checkpointer(tmp_path, keep=2, async_save=False, every_steps=1) as ckpt:
     ckpt.restore(abstract_of(make_state(mesh)[0], sh))
     assert ckpt.restored_step == 1

@@ -65,8 +65,8 @@ def test_a_config_error_is_one_line_on_stderr_and_exit_2(tmp_path, args, message
 
 def test_a_config_file_that_is_missing_or_does_not_parse_is_a_config_error(tmp_path):
   proc = _command("jepa_jax.main", "--config=configs/no_such_config.py", f"--workdir={tmp_path}")
-  line = _one_line_error(proc, 2, "config error: --config: cannot load the config file:")
-  assert "No such file or directory: 'configs/no_such_config.py'" in line
+  line = _one_line_error(proc, 2, "config error: flag --config=configs/no_such_config.py: no config file")
+  assert "no shipped config named 'no_such_config'" in line
   broken = tmp_path / "broken.py"
   broken.write_text("def get_config(:\n  pass\n")
   proc = _command("jepa_jax.main", f"--config={broken}", f"--workdir={tmp_path}")

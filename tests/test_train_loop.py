@@ -72,7 +72,7 @@ def test_resumed_run_equals_uninterrupted_run(videos, straight):
   assert len(set(a.values())) == 6  # every step saw a different batch
 
 
-@pytest.mark.parametrize("damage", ["truncated array file", "iterator position not JSON"])
+@pytest.mark.parametrize("damage", ["truncated array files", "iterator position not JSON"])
 def test_a_damaged_newest_checkpoint_is_set_aside_and_training_continues_from_the_good_step(
     videos, straight, damage):
   """The newest step (6) damaged on disk: the rerun restores step 3 and steps 4-6 give the same losses again."""
