@@ -41,7 +41,7 @@ UNREADABLE_SUFFIX = ".unreadable"
 # Orbax's temporary step folders on a local disk: `<step>.orbax-checkpoint-tmp[-<timestamp>]`.
 _TMP_STEP = re.compile(r"^\d+\.orbax-checkpoint-tmp")
 _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-_SPACE_MESSAGES = ("No space left on device", "Disk quota exceeded", "not enough space", "quota exceeded")
+_SPACE_MESSAGES = ("No space left on device", "Disk quota exceeded")  # strerror of ENOSPC and EDQUOT
 
 
 class NoReadableCheckpointError(RuntimeError):

@@ -46,7 +46,7 @@ _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permis
 # Libraries whose INFO lines drown our own (orbax prints a dozen per checkpoint); their warnings still show.
 _LIBRARY_PATHS = ("/orbax/", "/grain/", "/jax/_src/", "/jax/experimental/", "/etils/", "/absl/")
 # Our own one-line report covers these; the libraries' copies (with tracebacks, from background threads) go.
-_REPORTED_BY_US = ("No space left on device", "Disk quota exceeded", "RESOURCE_EXHAUSTED")
+_REPORTED_BY_US = ("No space left on device", "Disk quota exceeded")
 # Warnings that say nothing to act on: orbax warns on every read-only manager (export, pictures, evaluation).
 _HARMLESS = ("Given directory is read only",)
 
