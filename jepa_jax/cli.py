@@ -32,7 +32,7 @@ _KNOWN_ERRORS = (
     ("jepa_jax.config_validation", "ConfigError", "config error", EXIT_REFUSED),
     ("jepa_jax.evaluation.eval_config", "EvalConfigError", "config error", EXIT_REFUSED),
     ("jepa_jax.loading", "EncoderSourceError", "error", EXIT_REFUSED),
-    ("jepa_jax.workdir_lock", "WorkdirLockedError", "error", EXIT_REFUSED),
+    ("jepa_jax.run_lock", "WorkdirLockedError", "error", EXIT_REFUSED),
     ("jepa_jax.import_torch", "CheckpointFormatError", "error", EXIT_REFUSED),
     ("input_pipeline.sources", "FileListError", "error", EXIT_REFUSED),
     ("jepa_jax.checkpointing", "NoReadableCheckpointError", "error", EXIT_REFUSED),

@@ -29,17 +29,17 @@ def _lock_workdir(workdir: str):
   import jax
   import numpy as np
   from jax.experimental import multihost_utils
-  from jepa_jax import workdir_lock
+  from jepa_jax import run_lock
   lock, refusal = None, None
   if jax.process_index() == 0:
     try:
-      lock = workdir_lock.WorkdirLock(workdir).acquire()
-    except workdir_lock.WorkdirLockedError as e:
+      lock = run_lock.WorkdirLock(workdir).acquire()
+    except run_lock.WorkdirLockedError as e:
       refusal = e
   if jax.process_count() > 1:
     locked = bool(multihost_utils.broadcast_one_to_all(np.int32(refusal is None)))
     if not locked and refusal is None:
-      refusal = workdir_lock.WorkdirLockedError(f"process 0 could not lock workdir {workdir}; see its log.")
+      refusal = run_lock.WorkdirLockedError(f"process 0 could not lock workdir {workdir}; see its log.")
   if refusal is not None:
     raise refusal
   return lock

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from jepa_jax import cli
-from jepa_jax import workdir_lock
+from jepa_jax import run_lock
 from small_disk import resize, small_disk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,8 +166,8 @@ def test_a_full_disk_stops_the_run_in_one_line_keeps_the_last_step_and_the_same_
 
 _HOLDER = """
 import sys, time
-from jepa_jax import workdir_lock
-workdir_lock.WorkdirLock(sys.argv[1]).acquire()
+from jepa_jax import run_lock
+run_lock.WorkdirLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(600)
 """
@@ -183,20 +183,20 @@ def _holder(workdir):
 def test_a_live_holder_is_named_and_a_dead_one_is_taken_over_with_a_warning(tmp_path, caplog):
   holder = _holder(tmp_path)
   try:
-    with pytest.raises(workdir_lock.WorkdirLockedError) as refused:
-      workdir_lock.WorkdirLock(tmp_path).acquire()
+    with pytest.raises(run_lock.WorkdirLockedError) as refused:
+      run_lock.WorkdirLock(tmp_path).acquire()
     assert re.search(rf"in use by another training run: host {re.escape(socket.gethostname())}, pid {holder.pid}, "
                      r"started \d{4}-\d\d-\d\dT", str(refused.value)), str(refused.value)
   finally:
     holder.kill()
     holder.wait()
   with caplog.at_level(logging.WARNING):
-    lock = workdir_lock.WorkdirLock(tmp_path).acquire()
+    lock = run_lock.WorkdirLock(tmp_path).acquire()
   assert any(f"pid {holder.pid}" in r.getMessage() and "ended without releasing it" in r.getMessage()
              for r in caplog.records)
-  assert json.loads((tmp_path / workdir_lock.LOCK_NAME).read_text())["pid"] == os.getpid()
+  assert json.loads((tmp_path / run_lock.LOCK_NAME).read_text())["pid"] == os.getpid()
   lock.release()
-  assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
+  assert not (tmp_path / run_lock.LOCK_NAME).exists()
 
 
 def test_without_file_locks_the_lock_file_decides_by_host_and_pid(tmp_path, monkeypatch):
@@ -209,12 +209,12 @@ def test_without_file_locks_the_lock_file_decides_by_host_and_pid(tmp_path, monk
   monkeypatch.setattr(fcntl, "flock", no_flock)
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
-  lock_file = tmp_path / workdir_lock.LOCK_NAME
+  lock_file = tmp_path / run_lock.LOCK_NAME
   lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "started": "x"}))
-  with pytest.raises(workdir_lock.WorkdirLockedError, match=f"pid {os.getppid()}.*remove it if that run is gone"):
-    workdir_lock.WorkdirLock(tmp_path).acquire()
+  with pytest.raises(run_lock.WorkdirLockedError, match=f"pid {os.getppid()}.*remove it if that run is gone"):
+    run_lock.WorkdirLock(tmp_path).acquire()
   lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": "x"}))
-  workdir_lock.WorkdirLock(tmp_path).acquire().release()
+  run_lock.WorkdirLock(tmp_path).acquire().release()
 
 
 # --- interrupted synthetic data --------------------------------------------------------------------------------
