@@ -119,8 +119,7 @@ def validate_optim(optim, loss) -> None:
   for i, m in enumerate(ema):
     _require(0 <= m <= 1, f"config.optim.ema[{i}]={m} must be in [0, 1] (official (0.998, 1.0)).")
   clip = _number(optim, "clip_grad")
-  _require(clip > 0, f"config.optim.clip_grad={clip} must be > 0 (a max gradient norm; 0 would zero every "
-           "gradient once clipping starts).")
+  _require(clip >= 0, f"config.optim.clip_grad={clip} must be >= 0 (a max gradient norm; 0: no clipping).")
   _require(optim.ipe >= 1, f"config.optim.ipe={optim.ipe} must be >= 1 (iterations per epoch).")
   _require(optim.epochs >= 1, f"config.optim.epochs={optim.epochs} must be >= 1.")
   _require(0 <= optim.warmup <= optim.epochs,

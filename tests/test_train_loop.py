@@ -121,7 +121,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(videos):
     ({"optim.betas": (0.9, 1.0)}, r"config.optim.betas\[1\]=1.0 must be in \[0, 1\)"),
     ({"optim.eps": 0.0}, r"config.optim.eps=0.0 must be > 0"),
     ({"optim.ema": (0.998, 1.5)}, r"config.optim.ema\[1\]=1.5 must be in \[0, 1\]"),
-    ({"optim.clip_grad": -1.0}, r"config.optim.clip_grad=-1.0 must be > 0"),
+    ({"optim.clip_grad": -1.0}, r"config.optim.clip_grad=-1.0 must be >= 0"),
     ({"optim.warmup": 20}, r"config.optim.warmup=20 must be in \[0, config.optim.epochs=10\]"),
     ({"optim.ipe": 0}, r"config.optim.ipe=0 must be >= 1"),
     ({"optim.ipe_scale": 0.5}, r"config.optim.ipe_scale=0.5 must be >= 1"),
