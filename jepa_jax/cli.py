@@ -34,6 +34,7 @@ _KNOWN_ERRORS = (
     ("jepa_jax.loading", "EncoderSourceError", "error", EXIT_REFUSED),
     ("jepa_jax.run_lock", "WorkdirLockedError", "error", EXIT_REFUSED),
     ("jepa_jax.import_torch", "CheckpointFormatError", "error", EXIT_REFUSED),
+    ("jepa_jax.warm_start", "InitFromError", "config error", EXIT_REFUSED),
     ("input_pipeline.sources", "FileListError", "error", EXIT_REFUSED),
     ("jepa_jax.checkpointing", "NoReadableCheckpointError", "error", EXIT_REFUSED),
     ("jepa_jax.checkpointing", "DiskFullError", "error", EXIT_FAULT),

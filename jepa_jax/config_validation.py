@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 
+import jax
 from etils import epath
 
 from jepa_jax import sharding
+from jepa_jax.models import attention, packing
 from jepa_jax.models.vit import MODEL_ZOO
 
 
@@ -22,7 +24,8 @@ def _require(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def validate_model(model) -> None:
+def validate_model(model, platform: str | None = None) -> None:
+  """platform: where the step will run (default: JAX's default backend); decides which attention kernels exist."""
   _require(model.name in MODEL_ZOO,
            f"config.model.name={model.name!r} is not a model; choose one of {sorted(MODEL_ZOO)}.")
   for name in ("patch_size", "tubelet_size", "num_frames", "crop_size", "pred_depth", "pred_embed_dim"):
@@ -39,8 +42,43 @@ def validate_model(model) -> None:
            f"config.model.dtype={model.dtype!r} is not a compute dtype; use 'float32', 'bfloat16' or 'float16'.")
   _require(model.remat in ("none", "full", "dots", "dots_no_batch"),
            f"config.model.remat={model.remat!r}; use 'none', 'full', 'dots' or 'dots_no_batch'.")
-  _require(model.attention_impl in ("", "xla", "cudnn"),
-           f"config.model.attention_impl={model.attention_impl!r}; use '' (JAX picks), 'xla' or 'cudnn'.")
+  try:
+    attention.resolve(model.attention_impl, platform or jax.default_backend(), model.dtype)
+    packing.check(model.context_packing, "config.model.context_packing")
+    packing.check(model.predictor_packing, "config.model.predictor_packing")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  validate_positions(model)
+
+
+def validate_positions(model) -> None:
+  """The V-JEPA 2 fields: positional scheme, mask tokens and their rule (docs/reference.md §9.1, §9.2)."""
+  from jepa_jax import models  # the zoo's sizes, to check the RoPE head dims
+  pos_embed = model.get("pos_embed", "sincos")
+  _require(pos_embed in ("sincos", "rope"),
+           f"config.model.pos_embed={pos_embed!r}; use 'sincos' (V-JEPA 1) or 'rope' (V-JEPA 2).")
+  rule = model.get("mask_token_rule", "generator")
+  _require(rule in ("generator", "frame_group"),
+           f"config.model.mask_token_rule={rule!r}; use 'generator' (V-JEPA 1: generator g uses mask token g) or "
+           "'frame_group' (V-JEPA 2: token of the frame-count group, 0 with one group).")
+  _require(model.get("num_mask_tokens", 0) >= 0,
+           f"config.model.num_mask_tokens={model.get('num_mask_tokens')} must be >= 0 (0: one per mask generator).")
+  if pos_embed == "rope":
+    dims = models.model_dims(model)
+    for field, width, heads in (("num_heads", dims.embed_dim, dims.num_heads),
+                                ("pred_num_heads", dims.pred_embed_dim, dims.pred_num_heads)):
+      # 3-D RoPE rotates three chunks of 2 * ((head_dim // 3) // 2) channels: each needs at least 2.
+      _require(width // heads >= 6,
+               f"config.model.pos_embed='rope' needs a head dim of at least 6 (2 channels per axis t, h, w), but "
+               f"{width} / {heads} heads = {width // heads}; lower config.model.{field}.")
+
+
+def validate_init_from(config) -> None:
+  """A cooldown (linear decay) starts from a pretraining run or file, as the official is_anneal needs anneal_ckpt."""
+  if config.optim.get("lr_schedule", "warmup_cosine") == "linear_decay":
+    _require(bool(config.get("init_from")),
+             "config.optim.lr_schedule='linear_decay' is the V-JEPA 2 cooldown, which starts from a pretraining run: "
+             "set --config.init_from=PRETRAIN_WORKDIR (or a checkpoint file such as vitl.pt).")
 
 
 def validate_batch(config, num_devices: int) -> int:
@@ -150,6 +188,7 @@ def validate_pretrain_config(config, num_devices: int) -> int:
            f"config.data.frames_per_clip={config.data.frames_per_clip} differs from config.model.num_frames="
            f"{config.model.num_frames}; the encoder is built for the clip length, so set both to the same value.")
   per_device_batch = validate_batch(config, num_devices)
+  validate_init_from(config)
   validate_data(config.data)
   validate_masks(config, per_device_batch)
   _require(config.checkpoint.every_steps > 0,

@@ -7,6 +7,8 @@ The file is the dict the official code saves at the end of an epoch: 'encoder', 
 (state_dicts of DDP(MultiMaskWrapper(...)), so every key starts with 'module.backbone.'), 'opt', 'scaler',
 'epoch', 'loss', 'batch_size', 'world_size', 'lr'. The official training resume (strict load of the three
 state_dicts, then opt/scaler/epoch) and the official eval loader (target_encoder + epoch) both accept it.
+A V-JEPA 2 run (config.model.pos_embed 'rope') is written in the V-JEPA 2 layout: the same keys without position
+tables, as the official V-JEPA 2 training writes them (the stale 'pos_embed' of the released files is left out).
 
 The run's config and train state are read by jepa_jax/loading.py (read_run_config, read_run: the step's own copy
 of the config). Only the params, the target encoder and the step are read (orbax partial restore, placed on the
@@ -71,6 +73,11 @@ def param_groups(encoder_ndims: Mapping[str, int], predictor_ndims: Mapping[str,
   return groups
 
 
+def uses_rope(config) -> bool:
+  """A V-JEPA 2 run (config.model.pos_embed 'rope'): no position tables in its modules or optimizer groups."""
+  return config.model.get("pos_embed", "sincos") == "rope"
+
+
 def _to_tensor(x: np.ndarray, dtype: str):
   import torch
   t = torch.from_numpy(np.array(x, dtype=np.float32, copy=True, order="C"))  # bf16 goes through float32.
@@ -83,7 +90,7 @@ def _abstract_model(config, which: str):
   if which == "encoder":
     return nnx.eval_shape(lambda: build_encoder(config.model, nnx.Rngs(0)))
   return nnx.eval_shape(lambda: build_predictor(
-      config.model, num_mask_tokens=train_state.num_mask_generators(config), rngs=nnx.Rngs(0)))
+      config.model, num_mask_tokens=train_state.num_mask_tokens(config), rngs=nnx.Rngs(0)))
 
 
 def _last_logged_loss(workdir: str, write_tag: str) -> Optional[float]:
@@ -123,7 +130,8 @@ def torch_optimizer_state(config, opt_state, step: int, dtype: str = "float32") 
   mu = {m: torch_layout.to_torch_state_dict(adam.mu[m], scanned=scanned) for m in ("encoder", "predictor")}
   nu = {m: torch_layout.to_torch_state_dict(adam.nu[m], scanned=scanned) for m in ("encoder", "predictor")}
   ndims = {m: {k: v.ndim for k, v in mu[m].items()} for m in mu}
-  ndims["encoder"]["pos_embed"] = ndims["predictor"]["predictor_pos_embed"] = 3
+  if not uses_rope(config):  # V-JEPA 1's frozen tables are Parameters, so they hold places in the groups
+    ndims["encoder"]["pos_embed"] = ndims["predictor"]["predictor_pos_embed"] = 3
   adam_step = float(np.asarray(adam.count))
   lr = float(schedules.learning_rate_schedule(config.optim)(step))
   wd = float(schedules.weight_decay_schedule(config.optim)(step))
@@ -162,8 +170,13 @@ def export_checkpoint(workdir: str, out: str, *, step: Optional[int] = None, dty
   at_step = int(np.asarray(restored["step"]))
   scanned = bool(config.model.scan_layers)
 
-  tables = {"encoder": torch_layout.pos_embed_entries(_abstract_model(config, "encoder")),
-            "predictor": torch_layout.pos_embed_entries(_abstract_model(config, "predictor"))}
+  if uses_rope(config):
+    # [quirk docs/reference.md §9.7] The released V-JEPA 2 files carry a stale pos_embed their RoPE models do not
+    # have; the official training writes none. We write none: the file loads strictly into the official modules.
+    tables = {"encoder": {}, "predictor": {}}
+  else:
+    tables = {"encoder": torch_layout.pos_embed_entries(_abstract_model(config, "encoder")),
+              "predictor": torch_layout.pos_embed_entries(_abstract_model(config, "predictor"))}
   pures = {"encoder": restored["params"]["encoder"], "predictor": restored["params"]["predictor"],
            "target_encoder": restored["target_encoder"]}
   state_dicts = {}

@@ -6,9 +6,11 @@ source is one of:
 - a run of ours (local or gs://): WORKDIR, WORKDIR/checkpoints or WORKDIR/checkpoints/<step>; `step` picks a
   checkpoint (default: the latest complete one). Only the wanted encoder is read (orbax partial restore).
 - a file, read by the first entry of FILE_READERS that claims it: an official V-JEPA 1 PyTorch checkpoint
-  (.pth.tar: 'encoder' / 'target_encoder' state_dicts, keys under 'module.'), or the safetensors files that
+  (.pth.tar: 'encoder' / 'target_encoder' state_dicts, keys under 'module.'), an official V-JEPA 2 file (vitl.pt,
+  vith.pt, vitg.pt, vitg-384.pt: the same keys, RoPE, a stale table ignored), a Hugging Face V-JEPA 2 safetensors
+  (facebook/vjepa2-*: model.safetensors, config.json beside it), or the safetensors files that
   `python -m jepa_jax.export --safetensors` writes (FILE.<module>.safetensors, `which` picks the sibling).
-  Another file layout (V-JEPA 2, Hugging Face) is one more FileReader in that list.
+  Another file layout is one more FileReader in that list.
 
 Where a run's config comes from (the one rule, for every reader of a run: load_encoder, export, extract,
 visualize): the checkpoint step's own copy of the config, which the Checkpointer writes into every step after every
@@ -20,7 +22,7 @@ config (a ConfigDict, a config file path, or a shipped config name such as "vitl
 safetensors say it (metadata), an official PyTorch file says it through its tensor shapes when exactly one zoo
 model has them (jepa_jax/models/vit.py) and its positional table gives the clip size. Where the source says the
 model, a given config must describe the same network (width, depth, heads, MLP, patch, tubelet, positional
-encoding: checked, EncoderSourceError otherwise) and its run-time fields apply: dtype, crop_size and num_frames
+encoding: checked, EncoderSourceError otherwise; a V-JEPA 2 file under a 'sincos' config, or the reverse, is refused) and its run-time fields apply: dtype, crop_size and num_frames
 (the built grid; the official evaluation builds the encoder at its own resolution), scan_layers, remat, attention.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jepa_jax import checkpoint_files
 from jepa_jax import checkpointing
 from jepa_jax import config_files
 from jepa_jax import models
@@ -52,7 +55,7 @@ from jepa_jax.models.vit import MODEL_SIZES
 WHICH = {"target": "target_encoder", "target_encoder": "target_encoder", "encoder": "encoder",
          "context": "encoder"}
 # Model fields that change what an encoder computes from the same parameters (beyond the dimensions).
-POSITION_FIELDS = ("uniform_power",)
+POSITION_FIELDS = ("uniform_power", "pos_embed")
 
 
 class EncoderSourceError(ValueError):
@@ -292,6 +295,10 @@ class EncoderFile:
   state_dict: Mapping[str, np.ndarray]  # official encoder keys ('patch_embed.proj.weight', ...), no prefixes
   model: Mapping[str, Any] | None  # config.model fields the file states; None: infer them from the tensors
   description: str  # e.g. "vitl16.pth.tar['target_encoder']", for messages
+  # The positional scheme the file shows ('sincos' V-JEPA 1, 'rope' V-JEPA 2), None where it cannot tell (an
+  # encoder-only file with a table: jepa_jax/checkpoint_files.py). A given config must agree with it.
+  pos_embed: str | None = None
+  summary: str = ""  # what the whole file holds and which configs fit it (checkpoint_files.describe_with_fits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,6 +320,12 @@ def _from_file(path: str, key: str, wanted):
                              + "; ".join(r.name for r in FILE_READERS))
   found = reader.read(path, key)
   if wanted is not None:
+    want_scheme = wanted.get("pos_embed", "sincos")
+    if found.pos_embed is not None and found.pos_embed != want_scheme:
+      generation = "V-JEPA 2 (RoPE)" if found.pos_embed == "rope" else "V-JEPA 1 (sin-cos table)"
+      raise EncoderSourceError(
+          f"{found.description} is a {generation} encoder but config.model.pos_embed={want_scheme!r}. "
+          f"The file holds {found.summary or describe_state_dict(found.state_dict)}.")
     model = wanted
   else:
     model = default_model_config()
@@ -320,6 +333,9 @@ def _from_file(path: str, key: str, wanted):
     model.update(dict(fields))
     logging.info("%s holds %s (%s).", found.description, model.name,
                  ", ".join(f"{k}={v}" for k, v in sorted(fields.items()) if k != "name"))
+  if model.get("pos_embed", "sincos") == "rope" and "pos_embed" in found.state_dict:
+    logging.warning("%s: ignored its stale pos_embed %s: V-JEPA 2 files carry it although the RoPE model has none.",
+                    found.description, list(np.shape(found.state_dict["pos_embed"])))
   _, abstract = encoder_template(model)
   template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abstract))
   try:
@@ -331,17 +347,9 @@ def _from_file(path: str, key: str, wanted):
   return model, params
 
 
-def _to_numpy(x) -> np.ndarray:
-  if hasattr(x, "detach"):  # a torch tensor; bf16 has no numpy dtype, so go through float32
-    x = x.detach().cpu()
-    return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
-  return np.asarray(x)
-
-
 def _strip_prefixes(sd: Mapping[str, Any]) -> dict:
   """Numpy arrays under the official keys: the DDP 'module.' and wrapper 'backbone.' prefixes removed."""
-  from jepa_jax import import_torch
-  return {k: _to_numpy(v) for k, v in import_torch.strip_prefixes(sd).items()}
+  return {k: checkpoint_files.to_numpy(v) for k, v in checkpoint_files.strip_prefixes(sd).items()}
 
 
 # --- official V-JEPA 1 PyTorch checkpoints ----------------------------------------------------------------------
@@ -357,18 +365,76 @@ def _claims_torch(path: str) -> bool:
   return head == b"PK\x03\x04" or head[:1] == b"\x80"  # torch.save's zip archive, or a legacy pickle
 
 
+def _load_torch(path: str) -> dict:
+  """The checkpoint dict of a PyTorch file, memory-mapped where the format allows (only the tensors used are read)."""
+  from jepa_jax import import_torch
+  try:
+    import torch
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+  except Exception:  # pylint: disable=broad-except  (legacy formats cannot be mapped; read_file says what is wrong)
+    return import_torch.read_file(path)
+  if not isinstance(ckpt, Mapping):
+    return import_torch.read_file(path)  # raises CheckpointFormatError naming what it holds
+  return dict(ckpt)
+
+
 def _read_torch(path: str, key: str) -> EncoderFile:
   from jepa_jax import import_torch
-  ckpt = import_torch.read_file(path)  # CheckpointFormatError (a ValueError) for unreadable files
+  ckpt = _load_torch(path)  # CheckpointFormatError (a ValueError) for unreadable files
   if not isinstance(ckpt.get(key), Mapping):
-    if "classifier" in ckpt or "classifiers" in ckpt:
-      raise EncoderSourceError(
-          f"{path} is an attentive-probe checkpoint (keys {sorted(ckpt)}): it holds the classifier but no encoder "
-          "(official issue #43, KeyError 'target_encoder'). Pass the pretrained backbone file (e.g. vitl16.pth.tar).")
+    message = import_torch.probe_file_message(path, ckpt)
+    if message:
+      raise EncoderSourceError(message)
     other = [k for k in ("target_encoder", "encoder") if isinstance(ckpt.get(k), Mapping)]
     hint = f"; pass which={'target' if other[0] == 'target_encoder' else 'encoder'!r}" if other else ""
     raise EncoderSourceError(f"{path} has no {key!r} (it holds {sorted(ckpt)}){hint}")
-  return EncoderFile(_strip_prefixes(ckpt[key]), None, f"{path}[{key!r}]")
+  if checkpoint_files.looks_vjepa2(ckpt):
+    scheme = "rope"
+  else:  # a table and a V-JEPA 1 predictor say V-JEPA 1; an encoder alone with a table could be either
+    scheme = "sincos" if isinstance(ckpt.get("predictor"), Mapping) else None
+  summary = checkpoint_files.describe_with_fits(ckpt)
+  return EncoderFile(_strip_prefixes(ckpt[key]), None, f"{path}[{key!r}]", scheme, summary)
+
+
+def _claims_vjepa2_torch(path: str) -> bool:
+  """A PyTorch file in a V-JEPA 2 layout (no position table, or the release's 10 mask tokens)."""
+  if not _claims_torch(path):
+    return False
+  try:
+    return checkpoint_files.looks_vjepa2(_load_torch(path))
+  except Exception:  # pylint: disable=broad-except  (unreadable: the V-JEPA 1 reader reports it)
+    return False
+
+
+# --- Hugging Face V-JEPA 2 safetensors (facebook/vjepa2-*) ------------------------------------------------------
+
+def _read_hf(path: str, key: str) -> EncoderFile:
+  """The encoder of a Hugging Face V-JEPA 2 file; its config.json (when beside it) states the model."""
+  ckpt = checkpoint_files.read_hf_file(path)
+  if "encoder" not in ckpt or not ckpt["encoder"]:
+    raise EncoderSourceError(f"{path} has Hugging Face V-JEPA 2 keys but no encoder")
+  if key == "target_encoder":
+    logging.info("%s holds one encoder (the release's 'encoder'; Hugging Face files have no target encoder): "
+                 "using it for which='target'.", path)
+  model = None
+  if "hf_config" in ckpt:
+    model = _hf_model(checkpoint_files.hf_model_fields(ckpt["hf_config"]), ckpt["encoder"], path)
+  return EncoderFile(ckpt["encoder"], model, f"{path} (Hugging Face)", "rope", checkpoint_files.describe(ckpt))
+
+
+def _hf_model(fields: Mapping[str, Any], sd: Mapping[str, np.ndarray], path: str) -> dict:
+  """config.model fields from a transformers config.json: the zoo model of those sizes, else explicit sizes."""
+  dims = state_dict_dims(sd)
+  names = [n for n in checkpoint_files.v2_zoo_name(_zoo_names(dims))
+           if MODEL_SIZES[n].num_heads == fields["num_heads"]]
+  encoder = {k: fields[k] for k in ("patch_size", "tubelet_size", "num_frames", "crop_size")}
+  size = ({"name": names[0]} if len(names) == 1 else
+          {"name": "vit_large", "embed_dim": fields["embed_dim"], "depth": fields["depth"],
+           "num_heads": fields["num_heads"]})
+  if len(names) != 1 and dims["mlp_hidden"] != 4 * fields["embed_dim"]:
+    raise ModelConfigNeeded(f"{path}: no zoo model has width {dims['embed_dim']}, depth {dims['depth']}, MLP "
+                            f"{dims['mlp_hidden']} and {fields['num_heads']} heads; pass config=.")
+  return {**size, **encoder, **_V2_FIELDS}
 
 
 # --- safetensors written by python -m jepa_jax.export --safetensors ---------------------------------------------
@@ -395,7 +461,8 @@ def _read_export_safetensors(path: str, key: str) -> EncoderFile:
   if meta.get("module") == "predictor":
     raise EncoderSourceError(f"{path} is a predictor, not an encoder")
   model = json.loads(meta[SAFETENSORS_MODEL_KEY]) if SAFETENSORS_MODEL_KEY in meta else None
-  return EncoderFile(_strip_prefixes(sd), model, path)
+  scheme = model.get("pos_embed", "sincos") if model is not None else None
+  return EncoderFile(_strip_prefixes(sd), model, path, scheme)
 
 
 # --- the model from a V-JEPA 1 encoder's tensors ---------------------------------------------------------------
@@ -471,11 +538,42 @@ def infer_v1_model(sd: Mapping[str, np.ndarray], description: str) -> dict:
           "num_frames": num_frames, "crop_size": crop_size, "uniform_power": uniform_power}
 
 
-# The file layouts load_encoder reads, tried in order (the first whose `claims` says yes reads the file). A new
-# layout (V-JEPA 2, Hugging Face) is one more entry here.
+# config.model fields every V-JEPA 2 encoder has (docs/reference.md §9.1).
+_V2_FIELDS = {"pos_embed": "rope", "depth_rescale_init": True}
+# The official hub builds the released encoders at 64 frames (256 px, 384 for ViT-g-384); with RoPE the built size
+# only sets the default clip size, any clip divisible by the patch and tubelet sizes runs.
+_V2_HUB_FRAMES, _V2_HUB_CROP = 64, 256
+
+
+def infer_v2_model(sd: Mapping[str, np.ndarray], description: str) -> dict:
+  """config.model fields of a V-JEPA 2 encoder from its tensors: the zoo model with its width, depth and MLP
+  (ViT-g is vit_giant_xformers), RoPE, and the clip size of the official hub (64 frames, 256 px) unless a stale
+  table that is a sin-cos table says another. Raises ModelConfigNeeded when no single zoo model fits."""
+  dims = state_dict_dims(sd)
+  names = checkpoint_files.v2_zoo_name(_zoo_names(dims))
+  if len(names) != 1:
+    why = "no zoo model has these dimensions" if not names else f"several zoo models do ({', '.join(names)})"
+    raise ModelConfigNeeded(f"{description} holds a V-JEPA 2 encoder of {_describe_dims(dims)}: {why}, and the "
+                            "number of heads does not show in the tensors. Pass config= naming the model (e.g. "
+                            "'vjepa2/vitl16_256').")
+  grid = checkpoint_files.sincos_grid(sd["pos_embed"], dims) if "pos_embed" in sd else None
+  num_frames, crop_size = grid[:2] if grid else (_V2_HUB_FRAMES, _V2_HUB_CROP)
+  if not grid:
+    logging.info("%s: V-JEPA 2 files do not say their clip size; building %s at the hub's %d frames x %d px (RoPE "
+                 "encodes any clip size; pass config= to set another default).", description, names[0], num_frames,
+                 crop_size)
+  return {"name": names[0], "patch_size": dims["patch_size"], "tubelet_size": dims["tubelet_size"],
+          "num_frames": num_frames, "crop_size": crop_size, **_V2_FIELDS}
+
+
+# The file layouts load_encoder reads, tried in order (the first whose `claims` says yes reads the file).
 FILE_READERS: list[FileReader] = [
+    FileReader("Hugging Face V-JEPA 2 safetensors (facebook/vjepa2-*: model.safetensors or its .index.json, "
+               "config.json beside it)", checkpoint_files.is_hf_file, _read_hf, infer_v2_model),
     FileReader("safetensors of python -m jepa_jax.export --safetensors (FILE.<module>.safetensors)",
                lambda path: path.endswith(".safetensors"), _read_export_safetensors, infer_v1_model),
+    FileReader("V-JEPA 2 PyTorch checkpoint (vitl.pt, vith.pt, vitg.pt, vitg-384.pt: no position table, or a "
+               "predictor of 10 mask tokens)", _claims_vjepa2_torch, _read_torch, infer_v2_model),
     FileReader("V-JEPA 1 PyTorch checkpoint (.pth.tar with 'encoder' / 'target_encoder')",
                _claims_torch, _read_torch, infer_v1_model),
 ]

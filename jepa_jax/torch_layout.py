@@ -145,6 +145,8 @@ def from_torch_state_dict(state_dict: Mapping[str, Any], template_pure: Mapping[
 
 def pos_embed_entries(model) -> dict[str, np.ndarray]:
   """The frozen positional tables an official state_dict carries: {'pos_embed': [1, N, D]} for an encoder,
-  {'predictor_pos_embed': [1, N, 384]} for a predictor (works on abstract models too)."""
+  {'predictor_pos_embed': [1, N, 384]} for a predictor (works on abstract models too); nothing for RoPE models."""
+  if getattr(model, "use_rope", False):
+    return {}  # V-JEPA 2: RoPE models have no table (the stale one of the released files is not written)
   key = "predictor_pos_embed" if hasattr(model, "predictor_embed") else "pos_embed"
   return {key: np.array(model.pos_embed(), copy=True)[None]}

@@ -89,6 +89,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if ckpt.latest_step() is not None:  # the newest readable step; damaged newer ones are reported and set aside
     state = ckpt.restore(abstract, data_iterator=data_iter)
     logging.info("Resumed from step %d.", int(state["step"]))
+  elif config.get("init_from"):  # the V-JEPA 2 cooldown: weights and moments from a run or file, schedules at 0
+    from jepa_jax import warm_start
+    state = warm_start.initial_state(config, tx, state_sh)
   else:
     state = train_state.create_train_state(config, tx, state_sh, seed=config.seed)
   start_step = int(jax.device_get(state["step"]))

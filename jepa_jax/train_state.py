@@ -34,10 +34,15 @@ def num_mask_generators(config) -> int:
   return len(config.mask.num_blocks)
 
 
+def num_mask_tokens(config) -> int:
+  """The predictor's mask tokens: config.model.num_mask_tokens (V-JEPA 2 files: 10), or one per mask generator."""
+  return int(config.model.get("num_mask_tokens", 0)) or num_mask_generators(config)
+
+
 def _build(config, seed: int):
   rngs = nnx.Rngs(seed)
   encoder = build_encoder(config.model, rngs=rngs)
-  predictor = build_predictor(config.model, num_mask_tokens=num_mask_generators(config), rngs=rngs)
+  predictor = build_predictor(config.model, num_mask_tokens=num_mask_tokens(config), rngs=rngs)
   return encoder, predictor
 
 

@@ -4,6 +4,9 @@ Reference §4.2. Per step: normalise the uint8 clip on the device; the target en
 its output is layer-normed without affine; for each mask generator the context encoder sees only the context tokens
 and the predictor, with that generator's mask token, predicts the target tokens; loss = mean over generators of the
 mean |pred - target|^p / p (+ reg_coeff * reg term); AdamW; EMA of the target encoder after the update.
+
+The context encoder and the predictor each run once for all mask generators, packed as config.model.context_packing
+and config.model.predictor_packing say (jepa_jax/models/packing.py; 'none' is the official pass per generator).
 """
 from __future__ import annotations
 
@@ -54,6 +57,8 @@ class StepFunctions:
   loss_exp: float
   reg_coeff: float
   grad_accum_steps: int
+  context_packing: str
+  predictor_packing: str
   ema_momentum: Callable[[jax.Array], jax.Array]
   learning_rate: Callable[[jax.Array], jax.Array]
   weight_decay: Callable[[jax.Array], jax.Array]
@@ -68,6 +73,8 @@ def make_step_functions(config, encoder_def, predictor_def, tx) -> StepFunctions
       loss_exp=float(config.loss.loss_exp),
       reg_coeff=float(config.loss.reg_coeff),
       grad_accum_steps=int(config.optim.grad_accum_steps),
+      context_packing=config.model.context_packing,
+      predictor_packing=config.model.predictor_packing,
       ema_momentum=schedules.ema_momentum_schedule(config.optim),
       learning_rate=schedules.learning_rate_schedule(config.optim),
       weight_decay=schedules.weight_decay_schedule(config.optim),
@@ -83,10 +90,11 @@ def jepa_loss(params, target_params, batch, fns: StepFunctions):
   clips = normalize_clips(batch["clips"], fns.compute_dtype)
   targets = jax.lax.stop_gradient(layer_norm_no_affine(target_encoder(clips)))
 
+  contexts, target_masks = list(batch["context_masks"]), list(batch["target_masks"])
+  zs = encoder.encode_masks(clips, contexts, packing=fns.context_packing)
+  preds = predictor.predict_masks(zs, contexts, target_masks, packing=fns.predictor_packing)
   losses, stds = [], []
-  for i, (context, target) in enumerate(zip(batch["context_masks"], batch["target_masks"])):
-    z = encoder(clips, keep_indices=context)
-    pred = predictor(z, context, target, mask_index=i)
+  for pred, target in zip(preds, target_masks):
     h = gather_tokens(targets, target)
     losses.append(jnp.mean(jnp.abs(pred - h) ** fns.loss_exp) / fns.loss_exp)
     # Official reg term: std over tokens (unbiased, torch.var default) of the predictions, per sample and feature.

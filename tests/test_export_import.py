@@ -209,8 +209,8 @@ def test_probe_checkpoint_passed_as_backbone_says_so(run, tmp_path):
 def test_wrong_model_size_names_the_size_in_the_file(run, tmp_path):
   _, _, out, _ = run
   wider = tiny.tiny_config(**{"model.embed_dim": 64})
-  with pytest.raises(import_torch.CheckpointFormatError, match="width 32, depth 2.*config builds vit_tiny with "
-                     "width 64, depth 2"):
+  with pytest.raises(import_torch.CheckpointFormatError, match="its 'encoder' has width 32, depth 2, MLP 128.*"
+                     r"config.model builds vit_tiny \(width 64, depth 2, MLP 256.*a V-JEPA 1 layout"):
     import_torch.import_checkpoint(out, wider, str(tmp_path / "w"))
   sd = {"patch_embed.proj.weight": np.zeros((1024, 3, 2, 16, 16), np.float32),
         **{f"blocks.{i}.norm1.weight": np.zeros(1024, np.float32) for i in range(24)}}

@@ -35,6 +35,25 @@ def tiny_config(**overrides):
   return config
 
 
+def tiny_v2_config(**overrides):
+  """tiny_config as a V-JEPA 2 model: RoPE (head dims 16 and 8), the V-JEPA 2 init, 10 mask tokens used by the
+  frame-group rule, the V-JEPA 2 schedules (warmup then constant lr, constant EMA / wd, no clipping)."""
+  config = tiny_config()
+  m, o = config.model, config.optim
+  m.pos_embed, m.depth_rescale_init = "rope", True
+  m.pred_num_heads, m.num_mask_tokens, m.mask_token_rule = 2, 10, "frame_group"
+  o.start_lr, o.lr, o.final_lr = 1e-4, 5.25e-4, 5.25e-4
+  o.weight_decay = o.final_weight_decay = 0.04
+  o.ema, o.clip_grad = (0.99925, 0.99925), 0.0
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
 def mask_generator(config, per_device_batch: int = 8):
   specs = masks_lib.mask_specs_from_config(config, per_device_batch)
   m = config.model

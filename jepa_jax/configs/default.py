@@ -10,6 +10,10 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.mode = "pretrain"
   config.seed = 234
+  # A pretraining run (workdir) or checkpoint file (.pt / .pth.tar / safetensors) to start from when the workdir has
+  # no checkpoint yet: encoder, predictor, target encoder and, when present, the AdamW moments; the schedules start
+  # at step 0 (the V-JEPA 2 cooldown, docs/reference.md §9.4). Later restarts resume from the workdir's own checkpoints.
+  config.init_from = ""
 
   # --- model (reference §2) ---
   config.model = model = ml_collections.ConfigDict()
@@ -23,12 +27,27 @@ def get_config() -> ml_collections.ConfigDict:
   model.num_frames = 16
   model.crop_size = 224
   model.uniform_power = True
+  # How positions enter: "sincos" adds V-JEPA 1's 3-D sin-cos table to the tokens; "rope" rotates q and k by each
+  # token's (t, h, w) patch coordinates inside every attention (V-JEPA 2, docs/reference.md §9.1; no table).
+  model.pos_embed = "sincos"
+  # V-JEPA 2 init: block i's attn.proj and mlp.fc2 keep the official 1/sqrt(2 (i + 1)) rescale; V-JEPA 1's training
+  # re-initialises every Linear afterwards, which undoes it (reference §2.2).
+  model.depth_rescale_init = False
   model.pred_depth = 12
   model.pred_embed_dim = 384
   model.pred_num_heads = 0  # 0: the encoder's heads, as V-JEPA 1 (V-JEPA 2 uses 12).
   model.zero_init_mask_tokens = True
+  model.num_mask_tokens = 0  # 0: one per mask generator (V-JEPA 1); V-JEPA 2's released files hold 10.
+  # Which mask token generator g uses: "generator" -> token g (V-JEPA 1); "frame_group" -> token 0 for every generator
+  # (V-JEPA 2 indexes by frame-count group, and its configs have one group; docs/reference.md §9.2).
+  model.mask_token_rule = "generator"
   model.dtype = "bfloat16"  # compute dtype; params stay float32, LayerNorm/softmax/loss in float32.
-  model.attention_impl = ""  # "" (let JAX pick), "xla" or "cudnn": jax.nn.dot_product_attention(implementation=...).
+  # "" picks per platform (TPU: "splash", GPU: "cudnn" for bf16, CPU: "xla"); see jepa_jax/models/attention.py.
+  model.attention_impl = ""
+  # One pass for all mask generators: "sequence" (side by side, block-diagonal attention), "batch" (stacked, padded)
+  # or "none" (one pass per generator, the official structure). See jepa_jax/models/packing.py.
+  model.context_packing = "sequence"
+  model.predictor_packing = "batch"
   model.remat = "none"  # "none" | "full" | "dots" (save matmul outputs) | "dots_no_batch".
   model.scan_layers = False
 

@@ -31,8 +31,11 @@ def demo_probe_report(pretrain_workdir: str, config=None, *, epochs: int | None 
   random).
   """
   if config is None:
+    from jepa_jax import loading
     from jepa_jax.configs.eval import demo_motion
     config = demo_motion.get_config()
+    # The run's own model (the V-JEPA 1 demo's or configs/vjepa2/demo.py's), for its encoder and the random one.
+    config.model = loading.with_model_defaults(loading.read_run_config(pretrain_workdir)[0].model)
   config = ml_collections.ConfigDict(config.to_dict())
   config.pretrained = str(pretrain_workdir)
   if epochs is not None:

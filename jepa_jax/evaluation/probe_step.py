@@ -87,8 +87,10 @@ def build_probe(config, embed_dim: int, encoder_heads: int, total_steps: int, me
   e = config.eval
   dtype = jnp.dtype(config.model.dtype)
   heads = int(e.get("probe_num_heads", 0) or encoder_heads)
-  make = lambda s: AttentiveClassifier(embed_dim, heads, int(e.num_classes), dtype=dtype,
-                                       implementation=config.model.attention_impl or None, rngs=nnx.Rngs(s))
+  # The probe's cross-attention (one query token) stays on jax.nn's kernels; splash tiles self-attention.
+  impl = config.model.attention_impl if config.model.attention_impl in ("xla", "cudnn") else None
+  make = lambda s: AttentiveClassifier(embed_dim, heads, int(e.num_classes), dtype=dtype, implementation=impl,
+                                       rngs=nnx.Rngs(s))
   with nnx.use_eager_sharding(False), nnx.logical_axis_rules(rules):
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(0)))
     params = nnx.to_pure_dict(nnx.state(make(seed)))

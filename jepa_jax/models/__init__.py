@@ -24,7 +24,9 @@ def _common(cfg: ml_collections.ConfigDict) -> dict:
   if cfg.dtype not in _DTYPES:
     raise ValueError(f"config.model.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
   return dict(img_size=cfg.crop_size, patch_size=cfg.patch_size, num_frames=cfg.num_frames,
-              tubelet_size=cfg.tubelet_size, uniform_power=cfg.uniform_power, dtype=_DTYPES[cfg.dtype],
+              tubelet_size=cfg.tubelet_size, uniform_power=cfg.uniform_power,
+              pos_embed=cfg.get("pos_embed", "sincos"), depth_rescale_init=bool(cfg.get("depth_rescale_init", False)),
+              dtype=_DTYPES[cfg.dtype],
               attention_impl=cfg.attention_impl or None, remat=cfg.remat, scan_layers=cfg.scan_layers)
 
 
@@ -100,12 +102,14 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, *,
 
 def build_predictor(model_cfg: ml_collections.ConfigDict, num_mask_tokens: int,
                     rngs: nnx.Rngs) -> VisionTransformerPredictor:
-  """The predictor for the configured encoder, one mask token per mask generator (reference §2.3)."""
+  """The predictor for the configured encoder: num_mask_tokens tokens (one per mask generator in V-JEPA 1, 10 in
+  the V-JEPA 2 files; jepa_jax.train_state.num_mask_tokens) used by config.model.mask_token_rule (reference §2.3)."""
   dims = model_dims(model_cfg)
   with nnx.use_eager_sharding(False):
     return VisionTransformerPredictor(
         **_common(model_cfg), embed_dim=dims.embed_dim, predictor_embed_dim=dims.pred_embed_dim,
         depth=dims.pred_depth, num_heads=dims.pred_num_heads, num_mask_tokens=num_mask_tokens,
+        mask_token_rule=model_cfg.get("mask_token_rule", "generator"),
         zero_init_mask_tokens=model_cfg.zero_init_mask_tokens, rngs=rngs)
 
 

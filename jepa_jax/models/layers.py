@@ -18,6 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jepa_jax.models import attention
+from jepa_jax.models import rope
+
 LN_EPS = 1e-6
 
 # [quirk §2.2 Initialisation] The official pretraining re-initialises every Linear after construction
@@ -171,25 +174,39 @@ class PatchEmbed3D(nnx.Module):
 
 
 class Attention(nnx.Module):
-  """Multi-head self-attention with a fused qkv Linear (rows q | k | v, head-major) and no mask (V1 has none)."""
+  """Multi-head self-attention with a fused qkv Linear (rows q | k | v, head-major).
 
-  def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, dtype=jnp.float32,
-               attention_impl: str | None = None, rngs: nnx.Rngs):
+  V1 attends over the whole sequence; a TokenLayout restricts it when several mask generators share one pass
+  (segments packed along the sequence, or padded rows along the batch) and carries each token's grid position.
+  The kernel (xla, cudnn, splash) is jepa_jax/models/attention.py's, per config.model.attention_impl.
+  """
+
+  def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, use_rope: bool = False,
+               dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
     if not qkv_bias:
       raise ValueError("every official model uses qkv_bias=True")
+    if use_rope and not rope.chunk_dim(dim // num_heads):
+      raise ValueError(f"3-D RoPE needs a head dim of at least 6; {dim} / {num_heads} heads = {dim // num_heads}")
     self.num_heads = num_heads
     self.dtype = dtype
+    self.use_rope = use_rope
     self.attention_impl = attention_impl
     self.qkv = linear(dim, 3 * dim, ("embed", "heads"), "heads", dtype, rngs)
     self.proj = linear(dim, dim, ("heads", "embed"), "norm", dtype, rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, layout: attention.TokenLayout | None = None) -> jax.Array:
     b, n, d = x.shape
     qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, N, H, hd]
+    if self.use_rope:
+      # V-JEPA 2 (docs/reference.md §9.1): q and k rotated by each token's (t, h, w) after the qkv projection; v not.
+      if layout is None or layout.rope is None:
+        raise ValueError("RoPE attention needs the rotary tables of its tokens (TokenLayout.rope)")
+      tables = rope.RopeTables(*layout.rope)
+      q, k = rope.apply_rope_tables(q, tables), rope.apply_rope_tables(k, tables)
     # Scale 1/sqrt(hd) as SDPA's default. The logits and softmax are float32 even for bf16 q/k/v
     # (tests/test_models.py checks the jaxpr).
-    out = jax.nn.dot_product_attention(q, k, v, implementation=self.attention_impl)
+    out = attention.dot_product_attention(q, k, v, implementation=self.attention_impl, layout=layout)
     return self.proj(out.reshape(b, n, d))
 
 
@@ -205,18 +222,18 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm transformer block; no layer-scale, no drop-path, no dropout (V1)."""
+  """Pre-norm transformer block; no layer-scale, no drop-path, no dropout (V1, and V-JEPA 2 with use_rope)."""
 
   def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-               dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
+               use_rope: bool = False, dtype=jnp.float32, attention_impl: str | None = None, rngs: nnx.Rngs):
     self.norm1 = layer_norm(dim, rngs)
-    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, attention_impl=attention_impl,
-                          rngs=rngs)
+    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, use_rope=use_rope, dtype=dtype,
+                          attention_impl=attention_impl, rngs=rngs)
     self.norm2 = layer_norm(dim, rngs)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = constrain(x + self.attn(self.norm1(x)).astype(jnp.float32))
+  def __call__(self, x: jax.Array, layout: attention.TokenLayout | None = None) -> jax.Array:
+    x = constrain(x + self.attn(self.norm1(x), layout).astype(jnp.float32))
     return constrain(x + self.mlp(self.norm2(x)).astype(jnp.float32))
 
 
@@ -246,22 +263,48 @@ def make_blocks(depth: int, make_block: Callable[[nnx.Rngs], Block], *, scan_lay
   return stack(rngs)
 
 
-def run_blocks(blocks, x: jax.Array, *, scan_layers: bool, remat: str) -> jax.Array:
-  """Applies the blocks in order, functionally (split/merge), with the configured jax.checkpoint policy."""
+def rescale_blocks(blocks, *, scan_layers: bool) -> None:
+  """The official _rescale_blocks: block i's attn.proj and mlp.fc2 weights divided by sqrt(2 (i + 1)).
+
+  V-JEPA 2 keeps it in the initial weights (its init_video_model does not re-initialise the Linears afterwards,
+  docs/reference.md §9.1); V-JEPA 1's training undoes it (the quirk at weight_init above), so it is not applied there.
+  """
+  for kernel in ("attn", "proj"), ("mlp", "fc2"):
+    if scan_layers:
+      param = getattr(getattr(blocks, kernel[0]), kernel[1]).kernel
+      depth = param.shape[0]
+      scale = 1.0 / np.sqrt(2.0 * np.arange(1, depth + 1, dtype=np.float64))
+      param[...] = param[...] * jnp.asarray(scale, jnp.float32)[:, None, None]
+    else:
+      for i, blk in enumerate(blocks):
+        param = getattr(getattr(blk, kernel[0]), kernel[1]).kernel
+        param[...] = param[...] / jnp.float32(math.sqrt(2.0 * (i + 1)))
+
+
+def rope_layout(positions: jax.Array, grid: tuple[int, int, int], head_dim: int, **fields) -> attention.TokenLayout:
+  """A TokenLayout whose rotary tables are built once, here, for every block of a forward (V-JEPA 2)."""
+  return attention.TokenLayout(positions=positions, rope=tuple(rope.rope_tables(positions, grid, head_dim)),
+                               **fields)
+
+
+def run_blocks(blocks, x: jax.Array, *, scan_layers: bool, remat: str,
+               layout: attention.TokenLayout | None = None) -> jax.Array:
+  """Applies the blocks in order, functionally (split/merge), with the configured jax.checkpoint policy; every
+  block sees the same token layout."""
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
   policy = REMAT_POLICIES[remat]
 
-  def apply(graphdef, state, h):
-    return nnx.merge(graphdef, state)(h)
+  def apply(graphdef, state, h, layout):
+    return nnx.merge(graphdef, state)(h, layout)
 
   if remat != "none":
     apply = jax.checkpoint(apply, policy=policy, static_argnums=(0,), prevent_cse=not scan_layers)
   if scan_layers:
     graphdef, stacked = nnx.split(blocks)
-    x, _ = jax.lax.scan(lambda h, s: (apply(graphdef, s, h), None), x, stacked)
+    x, _ = jax.lax.scan(lambda h, s: (apply(graphdef, s, h, layout), None), x, stacked)
     return x
   for blk in blocks:
     graphdef, state = nnx.split(blk)
-    x = apply(graphdef, state, x)
+    x = apply(graphdef, state, x, layout)
   return x

@@ -1,34 +1,45 @@
 """The V-JEPA video encoder (also the target encoder) and the official model zoo (reference §2.1, §2.2)."""
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jepa_jax.models import layers
+from jepa_jax.models import packing as packing_lib
+from jepa_jax.models.attention import TokenLayout
 
 
 class VisionTransformer(nnx.Module):
-  """Tubelet embedding + sin-cos positions + pre-norm blocks + final LayerNorm; no CLS token, no pooling.
+  """Tubelet embedding + positions + pre-norm blocks + final LayerNorm; no CLS token, no pooling.
 
-  The positional table is recomputed from static sizes instead of stored, so it is not a parameter (the official
-  one is a frozen nn.Parameter; exporters write it with torch_layout.pos_embed_entries).
+  Positions enter one of two ways (config.model.pos_embed):
+  - 'sincos' (V-JEPA 1): a 3-D sin-cos table added to the patch tokens. It is recomputed from static sizes instead
+    of stored, so it is not a parameter (the official one is a frozen nn.Parameter; exporters write it with
+    torch_layout.pos_embed_entries).
+  - 'rope' (V-JEPA 2, docs/reference.md §9.1): no table; every attention rotates q and k by each token's integer
+    (t, h, w) patch coordinates, read from its flat index in the clip's real token grid (T', H', W'), so
+    non-square clips and masked (gathered) tokens keep their places. The rotary tables are built once per forward.
   """
 
   def __init__(self, *, img_size: int = 224, patch_size: int = 16, num_frames: int = 16, tubelet_size: int = 2,
                embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-               qkv_bias: bool = True, uniform_power: bool = True, dtype=jnp.float32,
-               attention_impl: str | None = None, remat: str = "none", scan_layers: bool = False,
-               rngs: nnx.Rngs):
+               qkv_bias: bool = True, uniform_power: bool = True, pos_embed: str = "sincos",
+               depth_rescale_init: bool = False, dtype=jnp.float32, attention_impl: str | None = None,
+               remat: str = "none", scan_layers: bool = False, rngs: nnx.Rngs):
     if img_size % patch_size or num_frames % tubelet_size:
       raise ValueError(f"img_size {img_size} must be divisible by patch_size {patch_size} and num_frames "
                        f"{num_frames} by tubelet_size {tubelet_size}")
     if embed_dim % num_heads:
       raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+    if pos_embed not in ("sincos", "rope"):
+      raise ValueError(f"pos_embed={pos_embed!r}; use 'sincos' (V-JEPA 1) or 'rope' (V-JEPA 2)")
     self.img_size, self.patch_size = img_size, patch_size
     self.num_frames, self.tubelet_size = num_frames, tubelet_size
     self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
     self.uniform_power = uniform_power
+    self.use_rope = pos_embed == "rope"
     self.remat, self.scan_layers = remat, scan_layers
     self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
     self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
@@ -36,22 +47,56 @@ class VisionTransformer(nnx.Module):
     self.patch_embed = layers.PatchEmbed3D(
         patch_size=patch_size, tubelet_size=tubelet_size, embed_dim=embed_dim, dtype=dtype, rngs=rngs)
     self.blocks = layers.make_blocks(
-        depth, lambda r: layers.Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dtype=dtype,
-                                      attention_impl=attention_impl, rngs=r),
+        depth, lambda r: layers.Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                                      use_rope=self.use_rope, dtype=dtype, attention_impl=attention_impl, rngs=r),
         scan_layers=scan_layers, rngs=rngs)
     self.norm = layers.layer_norm(embed_dim, rngs)
+    if depth_rescale_init:
+      layers.rescale_blocks(self.blocks, scan_layers=scan_layers)
 
   def pos_embed(self, grid: tuple[int, int, int] | None = None):
-    """[N, D] float32 table for a token grid; trilinearly resized from the built grid like the official
-    interpolate_pos_encoding when the clip size differs."""
+    """[N, D] float32 sin-cos table for a token grid; trilinearly resized from the built grid like the official
+    interpolate_pos_encoding when the clip size differs ('sincos' models only)."""
+    if self.use_rope:
+      raise ValueError("a RoPE encoder has no position table")
     return layers.pos_table(self.embed_dim, self.grid, tuple(grid or self.grid), self.uniform_power)
 
   def __call__(self, x: jax.Array, keep_indices: jax.Array | None = None) -> jax.Array:
     """x: [B, T, H, W, 3] normalised clip, or an image [B, H, W, 3]; keep_indices: int [B, K] tokens to keep.
 
-    Returns float32 [B, K or N, D]. The positions are added before the gather, so kept tokens carry their absolute
-    positions (official apply_masks).
+    Returns float32 [B, K or N, D]. Kept tokens carry their absolute positions (official apply_masks): the sin-cos
+    table is added before the gather, RoPE reads their indices.
     """
+    x = self._as_clip(x)
+    tokens = self.embed(x)
+    if keep_indices is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape[:2])
+      return self.encode(tokens, self._layout(positions, x))
+    keep_indices = keep_indices.astype(jnp.int32)
+    return self.encode(_gather(tokens, keep_indices), self._layout(keep_indices, x))
+
+  def encode_masks(self, x: jax.Array, masks: Sequence[jax.Array], packing: str = "sequence") -> list[jax.Array]:
+    """The context encoder for several masks of the same clips (one per mask generator): [B, K_g, D] for each.
+
+    'none' runs one forward per mask, as the official MultiMaskWrapper; 'sequence' and 'batch' run one forward over
+    all of them (jepa_jax/models/packing.py) and embed the patches once. All three compute the same numbers.
+    """
+    packing_lib.check(packing, "config.model.context_packing")
+    if packing == "none":
+      return [self(x, keep_indices=m) for m in masks]
+    x = self._as_clip(x)
+    tokens = self.embed(x)
+    masks = [m.astype(jnp.int32) for m in masks]
+    lengths = [m.shape[1] for m in masks]
+    kept = [_gather(tokens, m) for m in masks]
+    if packing == "sequence":
+      layout = self._layout(packing_lib.pack_sequence(masks), x, segments=tuple(lengths))
+      return packing_lib.unpack_sequence(self.encode(packing_lib.pack_sequence(kept), layout), lengths)
+    layout = self._layout(packing_lib.pack_batch(masks), x,
+                          kv_lengths=packing_lib.batch_lengths(lengths, x.shape[0]))
+    return packing_lib.unpack_batch(self.encode(packing_lib.pack_batch(kept), layout), lengths)
+
+  def _as_clip(self, x: jax.Array) -> jax.Array:
     if x.ndim == 4:
       # Official image eval: a forward pre-hook repeats each image num_frames times along time (reference §6.3).
       x = jnp.repeat(x[:, None], self.num_frames, axis=1)
@@ -59,13 +104,34 @@ class VisionTransformer(nnx.Module):
     if t % self.tubelet_size or h % self.patch_size or w % self.patch_size:
       raise ValueError(f"clip {x.shape[1:4]} is not divisible by the tubelet/patch size "
                        f"({self.tubelet_size}, {self.patch_size}, {self.patch_size})")
-    grid = (t // self.tubelet_size, h // self.patch_size, w // self.patch_size)
-    tokens = self.patch_embed(x) + jnp.asarray(self.pos_embed(grid))[None]
-    tokens = layers.constrain(tokens)
-    if keep_indices is not None:
-      tokens = jnp.take_along_axis(tokens, keep_indices[..., None].astype(jnp.int32), axis=1)
-    tokens = layers.run_blocks(self.blocks, tokens, scan_layers=self.scan_layers, remat=self.remat)
+    return x
+
+  def token_grid(self, x: jax.Array) -> tuple[int, int, int]:
+    """(T', H', W'): the clip's real token grid (non-square clips give H' != W')."""
+    _, t, h, w, _ = x.shape
+    return (t // self.tubelet_size, h // self.patch_size, w // self.patch_size)
+
+  def _layout(self, positions: jax.Array, x: jax.Array, **fields) -> TokenLayout:
+    if self.use_rope:  # the encoder passes its real grid (official handle_nonsquare_inputs)
+      return layers.rope_layout(positions, self.token_grid(x), self.embed_dim // self.num_heads, **fields)
+    return TokenLayout(positions=positions, **fields)
+
+  def embed(self, x: jax.Array) -> jax.Array:
+    """Clip (or image) -> float32 [B, N, D] patch tokens, with their sin-cos positions added ('sincos')."""
+    x = self._as_clip(x)
+    tokens = self.patch_embed(x)
+    if not self.use_rope:
+      tokens = tokens + jnp.asarray(self.pos_embed(self.token_grid(x)))[None]
+    return layers.constrain(tokens)
+
+  def encode(self, tokens: jax.Array, layout: TokenLayout) -> jax.Array:
+    """Blocks and final norm over embedded tokens laid out as `layout` says; float32 [B, K, D]."""
+    tokens = layers.run_blocks(self.blocks, tokens, scan_layers=self.scan_layers, remat=self.remat, layout=layout)
     return layers.constrain(self.norm(tokens)).astype(jnp.float32)
+
+
+def _gather(tokens: jax.Array, indices: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(tokens, indices[..., None], axis=1)
 
 
 # --------------------------------------------------------------------------------------------------------------

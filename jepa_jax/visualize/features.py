@@ -110,6 +110,9 @@ def feature_maps(workdir: str, video_path: str, *, max_clips: int = 1, step: int
   from jepa_jax.loading import load_encoder
   encoder = load_encoder(workdir, which="target", step=step)  # only the target encoder is read
   config = encoder.config
+  if "data" not in config:  # a checkpoint file states only its model: the default sampling (frame step 4)
+    from jepa_jax import config_files
+    config.data = config_files.load("default").data
   video_path, clips, skipped = first_readable_clips(video_path, config, max_clips)
   m = config.model
   grid = (m.num_frames // m.tubelet_size, m.crop_size // m.patch_size, m.crop_size // m.patch_size)
