@@ -358,10 +358,12 @@ def _read_torch(path: str, key: str) -> EncoderFile:
   from jepa_jax import import_torch
   ckpt = import_torch.read_file(path)  # CheckpointFormatError (a ValueError) for unreadable files
   if not isinstance(ckpt.get(key), Mapping):
-    if "classifier" in ckpt or "classifiers" in ckpt:
+    from jepa_jax.evaluation import probe_files
+    if probe_files.is_probe_checkpoint(ckpt):
       raise EncoderSourceError(
-          f"{path} is an attentive-probe checkpoint (keys {sorted(ckpt)}): it holds the classifier but no encoder "
-          "(official issue #43, KeyError 'target_encoder'). Pass the pretrained backbone file (e.g. vitl16.pth.tar).")
+          f"{path} is an attentive-probe checkpoint, not a backbone: {probe_files.describe_checkpoint(ckpt, path)}, and no "
+          "encoder (official issue #43, KeyError 'target_encoder'). Pass the pretrained backbone file (e.g. "
+          "vitl16.pth.tar, vitl.pt); to evaluate these probes, give the file as --config.eval.probe_checkpoint.")
     other = [k for k in ("target_encoder", "encoder") if isinstance(ckpt.get(k), Mapping)]
     hint = f"; pass which={'target' if other[0] == 'target_encoder' else 'encoder'!r}" if other else ""
     raise EncoderSourceError(f"{path} has no {key!r} (it holds {sorted(ckpt)}){hint}")
