@@ -429,3 +429,20 @@ def test_v2_probe_optimizer_matches_torch_adamw_one_group_without_clipping():
     moved_t, moved_o = theirs[k] - init[k], ours[k] - init[k]
     rounding = steps * 2.0 ** -24 * float(theirs[k].norm())
     assert float((moved_o - moved_t).norm()) < 2e-5 * float(moved_t.norm()) + rounding, k
+
+
+def test_v2_probe_remat_recomputes_the_blocks_with_the_same_numbers():
+  # The official V-JEPA 2 eval checkpoints the probe blocks' activations; ours (config.eval.probe_remat) too.
+  x = jnp.asarray(_tokens(b=2, n=20, dim=32, seed=12))
+  out = {}
+  for remat in (False, True):
+    with nnx.use_eager_sharding(False):
+      model = AttentiveClassifier(32, 4, 5, depth=4, remat=remat, rngs=nnx.Rngs(13))
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)
+    grads = jax.jit(jax.grad(loss))(params)
+    out[remat] = (np.asarray(jax.jit(loss)(params)), np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)]))
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+    assert ('remat' in jaxpr or 'checkpoint' in jaxpr) == remat
+  assert out[True][0] == out[False][0]
+  assert rel_error(out[True][1], out[False][1]) <= 1e-6

@@ -189,6 +189,7 @@ def _head_logits_ours(config, head_pure, tokens):
   return np.asarray(model(jnp.asarray(tokens)))
 
 
+@pytest.mark.slow
 def test_v2_protocol_end_to_end_then_export_and_evaluate_the_file(data, tmp_path):
   bad = bad_videos.write_bad_videos(str(tmp_path / "bad"))
   config = v2_config(data / "pretrain", data / "videos")
@@ -319,7 +320,8 @@ def test_v2_eval_configs_carry_the_official_values(name):
   m, e = config.model, config.eval
   assert (m.name, m.pos_embed, m.crop_size, e.resolution) == (model_name, "rope", res, res)
   assert config.checkpoint_key == "target_encoder"
-  assert (e.num_probe_blocks, e.probe_num_heads, e.clip_grad, e.decay_all_params) == (4, 16, 0.0, True)
+  assert (e.num_probe_blocks, e.probe_num_heads, e.clip_grad, e.decay_all_params, e.probe_remat) == (
+      4, 16, 0.0, True, True)
   assert (e.num_segments, e.num_views, e.num_classes, e.batch_size, e.epochs) == (segments, views, classes, batch,
                                                                                  epochs)
   if e.task == "video":
@@ -352,7 +354,8 @@ def test_v2_eval_configs_carry_the_official_values(name):
 
 def test_v1_eval_configs_keep_the_v1_probe_and_optimizer():
   e = base.get("vitl16", "ssv2").eval
-  assert (e.num_probe_blocks, e.heads, e.clip_grad, e.decay_all_params, e.out_layers) == (1, (), 1.0, False, ())
+  assert (e.num_probe_blocks, e.heads, e.clip_grad, e.decay_all_params, e.out_layers, e.probe_remat) == (
+      1, (), 1.0, False, (), False)
   heads = eval_checks.probe_heads(base.get("vith16", "in1k"))
   assert heads == ({"lr": 1e-3, "start_lr": 1e-3, "final_lr": 0.0, "warmup": 0.0, "weight_decay": 0.001,
                     "final_weight_decay": 1e-6},)

@@ -107,14 +107,15 @@ def stacked_shardings(shardings):
 
 def classifier_factory(config, embed_dim: int, encoder_heads: int) -> Callable[[Any], AttentiveClassifier]:
   """seed -> the configured AttentiveClassifier: config.eval.num_probe_blocks (1: V-JEPA 1, 4: V-JEPA 2),
-  config.eval.probe_num_heads attention heads (0: the encoder's), the official init."""
+  config.eval.probe_num_heads attention heads (0: the encoder's), the official init, its blocks rematerialised
+  with config.eval.probe_remat."""
   e = config.eval
   heads = int(e.get("probe_num_heads", 0) or encoder_heads)
   depth = int(e.get("num_probe_blocks", 1))
   dtype = jnp.dtype(config.model.dtype)
   return lambda seed: AttentiveClassifier(embed_dim, heads, int(e.num_classes), depth=depth, dtype=dtype,
                                           implementation=config.model.attention_impl or None,
-                                          rngs=nnx.Rngs(seed))
+                                          remat=bool(e.get("probe_remat", False)), rngs=nnx.Rngs(seed))
 
 
 def build_probe(config, embed_dim: int, encoder_heads: int, steps_per_epoch: int, mesh, rules, seed: int,

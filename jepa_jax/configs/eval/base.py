@@ -71,6 +71,7 @@ def get(model: str, task: str) -> ml_collections.ConfigDict:
   e.decay_all_params = False  # False: the V-JEPA 1 groups (no decay on biases, norms); True: one group, all decayed
   e.out_layers = ()  # encoder blocks whose normed outputs are joined along the tokens; (): the last block's
   e.probe_checkpoint = ""  # a probe file or probe run: evaluate its probes on the val split only, no training
+  e.probe_remat = False  # recompute the probe blocks' activations in the backward pass (memory; same numbers)
   # Official training transform (reference 6.2 / 6.3); the demo shrinks the crop scale for 64-pixel videos.
   e.random_resize_scale = (0.08, 1.0)
   e.auto_augment = True

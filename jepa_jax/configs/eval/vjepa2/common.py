@@ -82,6 +82,7 @@ def set_probe(config) -> None:
   e.probe_num_heads = 16
   e.decay_all_params = True
   e.clip_grad = 0.0
+  e.probe_remat = True  # the official use_activation_checkpointing=True: K heads' blocks over 10^4 tokens
 
 
 def get(model: str, task: str) -> ml_collections.ConfigDict:
