@@ -247,11 +247,46 @@ def test_v2_protocol_end_to_end_then_export_and_evaluate_the_file(data, tmp_path
   # The file imports back: validation only, the same per-head accuracies as the run's last epoch.
   for source in (out, str(workdir)):
     val_only = v2_config(data / "pretrain", data / "videos", probe_checkpoint=source)
+    val_only.eval.train = ""  # validation only: no train list needed
     again = loops.probe_and_evaluate(val_only, str(tmp_path / "val_only"))
     assert again["final_val_acc_top1_per_head"] == report["final_val_acc_top1_per_head"]
     assert again["num_val_examples"] == report["num_val_examples"]
   with open(tmp_path / "val_only" / "probe_r0.csv") as f:
     assert [r["epoch"] for r in csv.DictReader(f)] == ["0"]
+
+
+def test_a_v1_probe_run_exports_the_v1_layout_and_imports_back(tmp_path):
+  from tests.torch_probe_reference import AttentiveClassifier as TorchAttentiveClassifierV1
+  config = base.get("vitl16", "ssv2")  # the V-JEPA 1 probe: one block, one head
+  pretrain = tiny.tiny_config()
+  config.model, config.mesh = pretrain.model, pretrain.mesh
+  config.eval.num_classes = CLASSES
+  mesh, rules = _mesh_rules(config)
+  workdir = tmp_path / "v1probe"
+  os.makedirs(workdir)
+  (workdir / "config.json").write_text(config.to_json_best_effort())
+  with jax.set_mesh(mesh):
+    probe, params, opt_state = probe_step.build_probe(config, WIDTH, 2, 3, mesh, rules, seed=1)
+    loops.save_heads(str(workdir / "probe_latest"), params, opt_state,
+                     {"epoch": 7, "heads": list(probe.heads), "steps_per_epoch": 3})
+  out = str(tmp_path / "v1probe.pth.tar")
+  with pytest.raises(probe_files.ProbeFileError, match="V-JEPA 1 probe.*leave out --with_optimizer"):
+    export.export_checkpoint(str(workdir), out, with_optimizer=True)
+  ckpt = export.export_checkpoint(str(workdir), out)
+  assert set(ckpt) == {"classifier", "opt", "scaler", "epoch", "batch_size", "world_size", "lr"}
+  assert (ckpt["epoch"], ckpt["lr"], ckpt["opt"]) == (7, 1e-3, None)
+  wrapper = torch.nn.Module()
+  wrapper.module = TorchAttentiveClassifierV1(WIDTH, 2, CLASSES)
+  wrapper.load_state_dict(torch.load(out, weights_only=True)["classifier"], strict=True)  # xattn.proj included
+  tokens = np.random.default_rng(8).normal(size=(2, 30, WIDTH)).astype(np.float32)
+  with torch.no_grad():
+    theirs = wrapper.module(torch.from_numpy(tokens)).numpy()
+  assert rel_error(_head_logits_ours(config, probe_step.head_params(params, 0), tokens), theirs) <= 1e-5
+  saved = probe_files.read_probes(out)
+  assert (saved.num_heads, saved.num_probe_blocks, saved.epoch) == (1, 1, 7)
+  back = probe_files.stacked_params(saved, params)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_a_probe_file_that_does_not_fit_the_config_is_a_clear_error(data, tmp_path):

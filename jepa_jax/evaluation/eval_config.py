@@ -137,6 +137,8 @@ def validate_eval_config(config) -> dict:
   inputs = resolve_inputs(config)
   if e.task == "video":
     for split, path in inputs.items():
+      if split == "train" and e.get("probe_checkpoint", ""):
+        continue  # validation only: the train list is not read
       if not path:
         raise EvalConfigError(f"config.eval.{split} is empty: give an official-format list ('path label' per "
                               "line)")

@@ -197,18 +197,17 @@ def probe_and_evaluate(config, workdir: str) -> dict:
 
   # --- Data ---
   probe_batch = int(e.batch_size)
-  train_split = make_split(config, inputs, "train", local_batch=probe_batch // jax.process_count())
   val_split = make_split(config, inputs, "val", local_batch=probe_batch // jax.process_count())
-  train_geo = batch_geometry(probe_batch, train_split.num_examples, mesh)
   val_geo = batch_geometry(probe_batch, val_split.num_examples, mesh)
-  logging.info("Probe: %d train / %d val examples, %d / %d steps per epoch, %d epochs.", train_split.num_examples,
-               val_split.num_examples, train_geo[2], val_geo[2], e.epochs)
   attend = bool(e.attend_across_segments)
   feature_fn = encoder.feature_fn
   val_batches = lambda: token_batches(val_split, 0, val_geo, mesh, feature_fn, enc_params, attend)
-
   if e.get("probe_checkpoint", ""):
-    return _evaluate_saved_probes(config, workdir, encoder, mesh, rules, train_geo, val_split, val_batches)
+    return _evaluate_saved_probes(config, workdir, encoder, mesh, rules, val_split, val_batches)
+  train_split = make_split(config, inputs, "train", local_batch=probe_batch // jax.process_count())
+  train_geo = batch_geometry(probe_batch, train_split.num_examples, mesh)
+  logging.info("Probe: %d train / %d val examples, %d / %d steps per epoch, %d epochs.", train_split.num_examples,
+               val_split.num_examples, train_geo[2], val_geo[2], e.epochs)
 
   # --- Probes, optimizers ---
   probe, params, opt_state = build_probe(config, encoder.embed_dim, encoder.num_heads, train_geo[2], mesh, rules,
@@ -286,7 +285,7 @@ def probe_and_evaluate(config, workdir: str) -> dict:
   return report
 
 
-def _evaluate_saved_probes(config, workdir, encoder, mesh, rules, train_geo, val_split, val_batches) -> dict:
+def _evaluate_saved_probes(config, workdir, encoder, mesh, rules, val_split, val_batches) -> dict:
   """Validation only (the official val_only): the probes of config.eval.probe_checkpoint on the val split."""
   e = config.eval
   is_primary = jax.process_index() == 0
@@ -295,8 +294,8 @@ def _evaluate_saved_probes(config, workdir, encoder, mesh, rules, train_geo, val
   heads = probe_heads(config)
   if len(heads) != saved.num_heads:  # the settings only matter for training; keep the count of the file
     heads = heads[:1] * saved.num_heads
-  probe, template, _ = build_probe(config, encoder.embed_dim, encoder.num_heads, train_geo[2], mesh, rules,
-                                   seed=int(config.seed), heads=heads)
+  probe, template, _ = build_probe(config, encoder.embed_dim, encoder.num_heads, 1, mesh, rules,
+                                   seed=int(config.seed), heads=heads)  # no training: the schedules do not matter
   params = probe_files.stacked_params(saved, template)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     val_m = run_eval(probe, params, val_batches())
