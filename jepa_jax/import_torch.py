@@ -96,9 +96,10 @@ def _check_backbone_file(path: str, ckpt: Mapping[str, Any], only_target: bool) 
   from jepa_jax.evaluation import probe_files
   if probe_files.is_probe_checkpoint(ckpt) and not any(m in ckpt for m in export.MODULES):
     raise CheckpointFormatError(
-        f"{path} is an attentive-probe checkpoint, not a backbone: {probe_files.describe_checkpoint(ckpt, path)}, and no "
-        "encoder (official issue #43). Pass the pretrained backbone file (e.g. vitl16.pth.tar, vitl.pt) instead; "
-        "to evaluate these probes, give the file as --config.eval.probe_checkpoint of an eval config.")
+        f"{path} is an attentive-probe checkpoint, not a backbone: "
+        f"{probe_files.describe_checkpoint(ckpt, path)}, and no encoder (official issue #43). Pass the pretrained "
+        "backbone file (e.g. vitl16.pth.tar, vitl.pt) instead; to evaluate these probes, give the file as "
+        "--config.eval.probe_checkpoint of an eval config.")
   wanted = ("target_encoder", "encoder") if only_target else export.MODULES
   have = [m for m in wanted if isinstance(ckpt.get(m), Mapping)]
   if (only_target and not have) or (not only_target and len(have) != len(wanted)):

@@ -361,9 +361,10 @@ def _read_torch(path: str, key: str) -> EncoderFile:
     from jepa_jax.evaluation import probe_files
     if probe_files.is_probe_checkpoint(ckpt):
       raise EncoderSourceError(
-          f"{path} is an attentive-probe checkpoint, not a backbone: {probe_files.describe_checkpoint(ckpt, path)}, and no "
-          "encoder (official issue #43, KeyError 'target_encoder'). Pass the pretrained backbone file (e.g. "
-          "vitl16.pth.tar, vitl.pt); to evaluate these probes, give the file as --config.eval.probe_checkpoint.")
+          f"{path} is an attentive-probe checkpoint, not a backbone: "
+          f"{probe_files.describe_checkpoint(ckpt, path)}, and no encoder (official issue #43, KeyError "
+          "'target_encoder'). Pass the pretrained backbone file (e.g. vitl16.pth.tar, vitl.pt); to evaluate these "
+          "probes, give the file as --config.eval.probe_checkpoint.")
     other = [k for k in ("target_encoder", "encoder") if isinstance(ckpt.get(k), Mapping)]
     hint = f"; pass which={'target' if other[0] == 'target_encoder' else 'encoder'!r}" if other else ""
     raise EncoderSourceError(f"{path} has no {key!r} (it holds {sorted(ckpt)}){hint}")

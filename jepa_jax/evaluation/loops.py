@@ -34,10 +34,9 @@ from flax import nnx
 
 from jepa_jax import loading
 from jepa_jax import sharding
-from jepa_jax.evaluation.data import batch_geometry, make_split, padded_batches
-from jepa_jax.evaluation.eval_config import EvalConfigError, probe_model_config, validate_eval_config
 from jepa_jax.evaluation import probe_files
-from jepa_jax.evaluation.eval_config import probe_heads
+from jepa_jax.evaluation.data import batch_geometry, make_split, padded_batches
+from jepa_jax.evaluation.eval_config import EvalConfigError, probe_heads, probe_model_config, validate_eval_config
 from jepa_jax.evaluation.probe_optim import probe_lr_schedule
 from jepa_jax.evaluation.probe_step import Probe, build_probe, head_params
 from jepa_jax.progress import ProgressBar
