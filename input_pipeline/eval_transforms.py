@@ -1,4 +1,4 @@
-"""The frozen-evaluation transforms (reference 6.2, 6.3) on uint8 arrays, in numpy and PIL.
+"""The frozen-evaluation transforms (reference 6.2, 6.3) on uint8 arrays, in numpy, OpenCV and PIL.
 
 Video: the official `VideoTransform(training=True)` (RandAugment 'rand-m7-n4-mstd0.5-inc1' with one set of op
 parameters for the whole clip, random resized crop (0.08, 1), no flip, cube random erasing) and the two test
@@ -25,7 +25,7 @@ import re
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from input_pipeline.transforms import random_resized_crop_box, resize_bilinear, to_uint8
+from input_pipeline.transforms import flip_in_place, random_resized_crop_box, resize_bilinear, to_uint8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -258,10 +258,11 @@ def erase_with_noise(frames, box, rng, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 # ------------------------------------------------------------------------------------------------ video
 
 def resize_short_side(clip, size):
-  """uint8 [T, H, W, 3] -> short side `size`, long side int(size * long / short) (official resize_clip, cv2 linear).
+  """uint8 [T, H, W, 3] -> short side `size`, long side int(size * long / short): the official resize_clip.
 
-  cv2.INTER_LINEAR has torch's half-pixel bilinear taps without antialias; it rounds in 11-bit fixed point, so
-  values may differ from it by one level. A clip whose short side already equals size is returned as is.
+  The official eval resizes decord's uint8 frames one by one with cv2.resize(img, (new_w, new_h),
+  interpolation=cv2.INTER_LINEAR); resize_bilinear makes that same call, so the result is bit-exact (tested). A clip
+  whose short side already equals size is returned as is, as the official.
   """
   _, h, w, _ = clip.shape
   if min(h, w) == size:
@@ -270,7 +271,7 @@ def resize_short_side(clip, size):
     new_h, new_w = int(size * h / w), size
   else:
     new_h, new_w = size, int(size * w / h)
-  return to_uint8(resize_bilinear(clip, new_h, new_w))
+  return resize_bilinear(clip, new_h, new_w)
 
 
 def video_train_transform(clip, rng, *, crop_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), reprob=0.25,
@@ -284,9 +285,9 @@ def video_train_transform(clip, rng, *, crop_size, scale=(0.08, 1.0), ratio=(3 /
     clip = (randaugment or RandAugment())(clip, rng)
   _, height, width, _ = clip.shape
   top, left, h, w = random_resized_crop_box(height, width, tuple(scale), tuple(ratio), rng)
-  out = to_uint8(resize_bilinear(clip[:, top:top + h, left:left + w], crop_size, crop_size))
+  out = resize_bilinear(clip[:, top:top + h, left:left + w], crop_size, crop_size)
   if horizontal_flip and rng.uniform() < 0.5:
-    out = np.ascontiguousarray(out[:, :, ::-1])
+    flip_in_place(out)
   if reprob > 0:
     out = erase_with_noise(out, random_erasing_box(crop_size, crop_size, rng, probability=reprob, num_tries=100),
                            rng)

@@ -2,11 +2,13 @@
 
 The official loader (decord) builds a frame index of the whole file and then reads `get_batch(indices)`. We do the
 same with PyAV, but decode only what the clip needs: the packet headers give every frame's presentation time and the
-keyframes, so we seek to the keyframe before the first wanted frame, decode forward, convert only the wanted frames
-to RGB and stop after the last one. Frame i is the i-th frame in presentation order, as in decord, which keeps the
+keyframes, so we seek to the keyframe before the first wanted frame, decode forward (the decoder skips the
+non-reference frames that are not wanted: most B-frames between wanted frames), convert only the wanted frames to
+RGB and stop after the last one. Frame i is the i-th frame in presentation order, as in decord, which keeps the
 index rule exact for B-frames and variable frame rates.
 
-Paths may be URLs (gs://...): such files are read through a seekable file object (jepa_jax.storage.open_read).
+Paths may be URLs (gs://...): such files are read through a seekable file object
+(input_pipeline.storage.open_read).
 
 Every way a file can be unusable raises `VideoDecodeError(path, reason)`, so the pipeline can skip it, count it and
 draw another sample instead of crashing or looping.
@@ -15,9 +17,10 @@ import bisect
 import contextlib
 import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 
 from input_pipeline import storage
@@ -188,8 +191,13 @@ def _frame_table(path, container, stream) -> _FrameTable:
   return _FrameTable(np.sort(np.asarray(pts, np.int64)), sorted(key_pts) or [int(min(pts))], avg_fps)
 
 
-def _to_rgb(frame) -> np.ndarray:
-  rgb = frame.to_ndarray(format="rgb24")
+def _to_rgb(frame, reformatter: VideoReformatter) -> np.ndarray:
+  """uint8 [H, W, 3]: one swscale call on one thread, through a converter kept for the whole clip.
+
+  A frame's own to_ndarray(format='rgb24') sets up a new scaler per frame with a thread per core (PyAV's default),
+  which under load costs more than the conversion; the pixels are the same.
+  """
+  rgb = reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
   rotation = int(getattr(frame, "rotation", 0) or 0) % 360
   if rotation:
     # Display matrix rotation is counter-clockwise in degrees; show the frame as a player would.
@@ -197,10 +205,29 @@ def _to_rgb(frame) -> np.ndarray:
   return rgb
 
 
-def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int]) -> dict:
+def _decoded_frames(container, stream, skip_pts: Callable[[int], bool] | None):
+  """Decoded frames from the current position, in presentation order, leaving out skippable non-reference frames.
+
+  The decoder's skip_frame is set per packet, before the packet goes in: NONREF when `skip_pts(packet.pts)` says
+  the packet's own frame is not wanted, DEFAULT otherwise. NONREF drops only frames no other frame refers to (the
+  B-frames between wanted frames, at frame_step 4 most of them), so every frame still decoded is exact; a wanted
+  frame is never skipped because its own packet is decoded with DEFAULT. Packets without a pts are never skipped
+  (their frame cannot be named before decoding). skip_pts None decodes everything.
+  """
+  codec = stream.codec_context
+  for packet in container.demux(stream):
+    skip = skip_pts is not None and packet.pts is not None and skip_pts(packet.pts)
+    codec.skip_frame = "NONREF" if skip else "DEFAULT"
+    yield from codec.decode(packet)
+
+
+def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int], *,
+               skip_unwanted: bool = True) -> dict:
   """Decodes the frames with the given indices; returns {index: uint8 [H, W, 3]}."""
   wanted_pts = {int(table.pts[i]): i for i in sorted(set(int(i) for i in wanted))}
   targets = sorted(wanted_pts)
+  skip_pts = (lambda pts: pts not in wanted_pts) if skip_unwanted else None
+  reformatter = VideoReformatter()
   out = {}
   frames = None
   last_pts = None  # presentation time of the last decoded frame
@@ -212,7 +239,7 @@ def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int
     # Seek only when the next wanted frame lies past a keyframe we have not reached; otherwise decode on.
     if frames is None or last_pts is None or key > last_pts:
       container.seek(key, stream=stream, backward=True, any_frame=False)
-      frames = container.decode(stream)
+      frames = _decoded_frames(container, stream, skip_pts)
       last_pts = None
     try:
       frame = next(frames)
@@ -234,9 +261,18 @@ def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int
     if targets[t] < fpts:  # the decoder skipped a wanted frame (corrupt data)
       raise VideoDecodeError(path, f"frame {wanted_pts[targets[t]]} missing from the decoded stream")
     if fpts == targets[t]:
-      out[wanted_pts[fpts]] = _to_rgb(frame)
+      out[wanted_pts[fpts]] = _to_rgb(frame, reformatter)
       t += 1
   return out
+
+
+def _decode_wanted(path, container, stream, table: _FrameTable, wanted: Sequence[int]) -> dict:
+  """_decode_at with non-reference frames skipped; should a file's packet timestamps not name its frames (so that
+  a wanted frame went missing), decodes again without skipping before giving up."""
+  try:
+    return _decode_at(path, container, stream, table, wanted, skip_unwanted=True)
+  except VideoDecodeError:
+    return _decode_at(path, container, stream, table, wanted, skip_unwanted=False)
 
 
 def video_info(path: str) -> tuple[int, float | None]:
@@ -255,7 +291,7 @@ def decode_frames(path: str, indices: Sequence[int], *, threads: int = 1) -> np.
     bad = [i for i in indices if not 0 <= int(i) < len(table.pts)]
     if bad:
       raise VideoDecodeError(path, f"frame index {bad[0]} outside [0, {len(table.pts)})")
-    frames = _decode_at(path, container, stream, table, indices)
+    frames = _decode_wanted(path, container, stream, table, indices)
   return np.stack([frames[int(i)] for i in indices])
 
 
@@ -276,5 +312,5 @@ def load_clips(path: str, sampling: ClipSampling, rng: np.random.Generator, *,
     flat = np.concatenate(indices)
     if flat.min() < 0:
       raise VideoDecodeError(path, f"too short: {len(table.pts)} frames for {sampling.num_clips} clips")
-    frames = _decode_at(path, container, stream, table, flat)
+    frames = _decode_wanted(path, container, stream, table, flat)
   return [np.stack([frames[int(i)] for i in idx]) for idx in indices], indices

@@ -1,4 +1,5 @@
 """The frozen-eval transforms: RandAugment / AutoAugment semantics, crops, views, erasing in uint8."""
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -127,22 +128,44 @@ def test_three_views_are_evenly_spaced_along_the_long_side():
   np.testing.assert_array_equal(views[2], portrait[:, 2 * step:2 * step + res])
 
 
+def _official_resize_clip(clip, size):
+  """The official functional.resize_clip on decord's numpy frames: get_resize_sizes, then cv2.resize per frame."""
+  h, w = clip.shape[1:3]
+  if (w <= h and w == size) or (h <= w and h == size):
+    return clip
+  new_h, new_w = (int(size * h / w), size) if w < h else (size, int(size * w / h))
+  return np.stack([cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR) for img in clip])
+
+
+@pytest.mark.parametrize('hw,size', [((48, 80), 32), ((80, 48), 32), ((272, 640), 224), ((144, 176), 256),
+                                     ((37, 51), 224), ((720, 1280), 256), ((101, 101), 60)])
+def test_short_side_resize_is_bit_exact_with_the_official_opencv_call(hw, size):
+  clip = _clip(t=3, h=hw[0], w=hw[1], seed=sum(hw))
+  ours = et.resize_short_side(clip, size)
+  want = _official_resize_clip(clip, size)
+  assert ours.dtype == np.uint8 and ours.shape == want.shape and min(ours.shape[1:3]) == size
+  np.testing.assert_array_equal(ours, want)
+  # And it is the bilinear resize of the pretraining transform: torch's within one level.
+  ref = torch.nn.functional.interpolate(torch.from_numpy(clip.astype(np.float32)).permute(0, 3, 1, 2),
+                                        size=ours.shape[1:3], mode='bilinear', align_corners=False)
+  ref = np.clip(np.rint(ref.permute(0, 2, 3, 1).numpy()), 0, 255)
+  assert np.abs(ours.astype(np.float32) - ref).max() <= 1
+
+
 def test_eval_views_resize_the_short_side_to_the_resolution():
   clip = _clip(t=2, h=48, w=80, seed=6)
   views = et.video_eval_views(clip, crop_size=32, num_views=3)
-  resized = et.resize_short_side(clip, 32)
+  resized = _official_resize_clip(clip, 32)
   assert resized.shape == (2, 32, int(32 * 80 / 48), 3)
   step = (resized.shape[2] - 32) // 2
-  np.testing.assert_array_equal(views[1], resized[:, :, step:step + 32])
-  ref = torch.nn.functional.interpolate(torch.from_numpy(clip.astype(np.float32)).permute(0, 3, 1, 2),
-                                        size=resized.shape[1:3], mode='bilinear', align_corners=False)
-  assert np.abs(resized.astype(np.float32) - ref.permute(0, 2, 3, 1).numpy()).max() <= 0.5 + 1e-3
+  for i in range(3):
+    np.testing.assert_array_equal(views[i], resized[:, :, i * step:i * step + 32])
 
 
 def test_one_view_uses_256_over_224_and_a_centre_crop():
   clip = _clip(t=2, h=60, w=90, seed=7)
   out = et.video_eval_center(clip, crop_size=42)  # short side int(42 * 256 / 224) = 48
-  resized = et.resize_short_side(clip, 48)
+  resized = _official_resize_clip(clip, 48)
   assert resized.shape[1:3] == (48, 72)
   np.testing.assert_array_equal(out[0], resized[:, 3:45, 15:57])
 

@@ -210,3 +210,96 @@ def test_every_kind_of_bad_file_raises_video_decode_error(tmp_path):
   with pytest.raises(video.VideoDecodeError, match="too short"):
     video.load_clips(good, video.ClipSampling(filter_short_videos=True), np.random.default_rng(0))
   assert os.path.getsize(bad["audio_only"]) >= video.MIN_FILE_BYTES
+
+
+# --- decoding less: skipped non-reference frames and one conversion per frame, checked against full decoding -------
+_SKIP_CASES = [
+    # h264 with 3 B-frames and a B-pyramid: the middle B of each group is a reference, the others are not.
+    ("libx264", "mp4", "yuv420p", {"bf": "3", "keyint": "24", "min-keyint": "24", "scenecut": "0",
+                                   "x264-params": "b-pyramid=normal"}),
+    # x264's open GOP in Matroska: keyframes that are not IDR, B-frames around them in presentation order.
+    ("libx264", "mkv", "yuv420p", {"x264-params": "open-gop=1:keyint=20:min-keyint=20:bframes=3:scenecut=0"}),
+    # vp9 at libvpx's 'good' quality with look-ahead: every frame refreshes a reference, so nothing is skipped.
+    ("libvpx-vp9", "webm", "yuv420p", {"g": "24", "lag-in-frames": "12", "auto-alt-ref": "1", "deadline": "good",
+                                       "cpu-used": "8"}),
+    ("mjpeg", "avi", "yuvj420p", {}),
+]
+
+
+def _count_decoded(monkeypatch):
+  """Counts the frames the decoder hands back (skipped non-reference frames never come out)."""
+  count = {"frames": 0}
+  original = video._decoded_frames
+
+  def counting(*args):
+    for frame in original(*args):
+      count["frames"] += 1
+      yield frame
+  monkeypatch.setattr(video, "_decoded_frames", counting)
+  return count
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("codec,ext,pix_fmt,options", _SKIP_CASES, ids=lambda c: c if isinstance(c, str) else None)
+def test_clips_equal_full_decoding_with_skipped_frames(tmp_path, monkeypatch, codec, ext, pix_fmt, options, threads):
+  path = _encode(str(tmp_path / f"v.{ext}"), _frames(120, seed=1), codec=codec, pix_fmt=pix_fmt, options=options)
+  full = _sequential(path)
+  assert len(full) == 120
+  count = _count_decoded(monkeypatch)
+  for frame_step in (1, 2, 4, 7):
+    for seed in range(4):
+      s = video.ClipSampling(frames_per_clip=8, frame_step=frame_step, num_clips=2)
+      clips, indices = video.load_clips(path, s, np.random.default_rng(seed), threads=threads)
+      for c, i in zip(clips, indices):
+        np.testing.assert_array_equal(c, full[i], err_msg=f"{frame_step=} {seed=} {i}")
+  # Adjacent frames, repeats and out-of-order indices around every keyframe position.
+  idx = [0, 1, 2, 3, 19, 20, 21, 22, 23, 24, 25, 41, 40, 39, 119, 118, 60, 60, 97]
+  np.testing.assert_array_equal(video.decode_frames(path, idx, threads=threads), full[idx])
+  assert count["frames"] > 0
+
+
+def test_unwanted_non_reference_frames_are_not_decoded(tmp_path, monkeypatch):
+  codec, ext, pix_fmt, options = _SKIP_CASES[0]
+  path = _encode(str(tmp_path / f"v.{ext}"), _frames(96, seed=2), codec=codec, pix_fmt=pix_fmt, options=options)
+  full = _sequential(path)
+  count = _count_decoded(monkeypatch)
+  idx = list(range(24, 88, 4))  # every 4th frame, the pretraining step
+  with video._open(path, 1) as (container, stream):
+    table = video._frame_table(path, container, stream)
+    skipped = video._decode_at(path, container, stream, table, idx, skip_unwanted=True)
+    with_skip = count["frames"]
+    count["frames"] = 0
+    plain = video._decode_at(path, container, stream, table, idx, skip_unwanted=False)
+    without = count["frames"]
+  for i in idx:
+    np.testing.assert_array_equal(skipped[i], full[i])
+    np.testing.assert_array_equal(plain[i], full[i])
+  assert without >= len(idx) + 24  # unwanted frames from each keyframe reached on (seeks jump the other gaps)
+  # x264's B-pyramid leaves 2 of every 4 frames unreferenced; most of them lie between wanted frames.
+  assert with_skip <= 0.8 * without
+
+
+def test_a_wanted_frame_lost_to_skipping_falls_back_to_decoding_everything(tmp_path, monkeypatch):
+  codec, ext, pix_fmt, options = _SKIP_CASES[0]
+  path = _encode(str(tmp_path / f"v.{ext}"), _frames(48, seed=3), codec=codec, pix_fmt=pix_fmt, options=options)
+  full = _sequential(path)
+  original = video._decoded_frames
+  passes = []
+
+  def skip_every_non_reference_frame(container, stream, skip_pts):
+    """A file whose packet timestamps would not name its frames: the skipping pass loses wanted B-frames."""
+    passes.append(skip_pts is not None)
+    return original(container, stream, (lambda pts: True) if skip_pts is not None else None)
+  monkeypatch.setattr(video, "_decoded_frames", skip_every_non_reference_frame)
+  idx = [1, 2, 3, 5, 6, 7, 30]
+  np.testing.assert_array_equal(video.decode_frames(path, idx), full[idx])
+  assert passes[0] and not passes[-1]  # the skipping pass failed, the full pass gave the frames
+
+
+def test_one_converter_per_clip_gives_the_pixels_of_to_ndarray(tmp_path):
+  from av.video.reformatter import VideoReformatter
+  path = _encode(str(tmp_path / "c.mp4"), _frames(6, h=37 * 2, w=51 * 2), options={"bf": "0"})
+  reformatter = VideoReformatter()
+  with av.open(path) as c:
+    for frame in c.decode(video=0):
+      np.testing.assert_array_equal(video._to_rgb(frame, reformatter), frame.to_ndarray(format="rgb24"))
