@@ -224,7 +224,9 @@ def _to_iter(ds: grain.MapDataset, num_workers: int, buffer: int) -> grain.IterD
   from absl import flags  # grain's mp_prefetch reads an absl flag (DESIGN.md pitfalls)
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=buffer))
+  from input_pipeline import worker_lifetime
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=buffer),
+                        worker_init_fn=worker_lifetime.exit_with_parent)
 
 
 def _local_batch(global_batch_size: int, process_count: int) -> int:

@@ -26,19 +26,26 @@ def read_file_list(path: str) -> tuple[list[str], list[int]]:
   The list and the paths in it may be on an object store (gs://...).
   """
   paths, labels = [], []
-  with epath.Path(path).open() as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      head, _, tail = line.rpartition(" ")
-      if head and _is_int(tail):
-        paths.append(head)
-        labels.append(int(tail))
-      else:
-        paths.append(line)
-        labels.append(0)
+  try:
+    with epath.Path(path).open() as f:
+      for line in f:
+        line = line.strip()
+        if not line:
+          continue
+        head, _, tail = line.rpartition(" ")
+        if head and _is_int(tail):
+          paths.append(head)
+          labels.append(int(tail))
+        else:
+          paths.append(line)
+          labels.append(0)
+  except UnicodeDecodeError as e:
+    raise FileListError(f"{path} is not a text list of videos ('path label' per line): {e}") from None
   return paths, labels
+
+
+class FileListError(ValueError):
+  """A list file that cannot be read as an official list."""
 
 
 def _is_int(s: str) -> bool:

@@ -11,8 +11,13 @@ decoder, seeking included. Everything is deterministic from (seed, video number)
   python -m input_pipeline.synthetic --out DIR --num-videos N [--size 64] [--num-frames 48] [--seed 0]
 
 writes DIR/videos/*.mp4 and the official-format lists DIR/{motion,appearance}_{train,val}.csv (`path label`).
+
+A write killed midway (kill -9 of the demo's first run) leaves nothing that counts as data: each file is written
+under a temporary name and renamed when complete, and the lists come last. Rerun with the same arguments, it keeps
+the videos already complete (their bytes are deterministic) and writes the rest.
 """
 import argparse
+import json
 import os
 
 import av
@@ -55,9 +60,20 @@ def render_video(rng: np.random.Generator, motion: int, colour: int, *, size: in
   return frames
 
 
+_PARTIAL = ".partial"  # suffix of a file being written; renamed away when complete
+_PARAMS = "synthetic_params.json"
+
+
+def _replace_when_written(path: str, write) -> None:
+  """write(temporary path), then an atomic rename to `path`: a reader (or a rerun) never sees half a file."""
+  partial = path + _PARTIAL
+  write(partial)
+  os.replace(partial, path)
+
+
 def write_mp4(path: str, frames: np.ndarray, *, fps: int = 25, gop: int = 12) -> None:
   """h264 in mp4 with a fixed keyframe interval and B-frames, one encoder thread (deterministic bytes)."""
-  container = av.open(path, "w")
+  container = av.open(path, "w", format="mp4")
   stream = container.add_stream("libx264", rate=fps)
   stream.height, stream.width = frames.shape[1:3]
   stream.pix_fmt = "yuv420p"
@@ -74,15 +90,20 @@ def write_mp4(path: str, frames: np.ndarray, *, fps: int = 25, gop: int = 12) ->
 
 def write_dataset(out: str, num_videos: int, *, size: int = 64, num_frames: int = 48, seed: int = 0,
                   val_fraction: float = 0.2) -> dict:
-  """Writes the videos and the lists; returns {list name: path}. Motion and colour cycle so classes balance."""
+  """Writes the videos and the lists; returns {list name: path}. Motion and colour cycle so classes balance.
+
+  Videos already complete from an interrupted call with the same arguments are kept; others are (re)written.
+  """
   video_dir = os.path.join(out, "videos")
   os.makedirs(video_dir, exist_ok=True)
+  _start_or_resume(out, video_dir, dict(num_videos=num_videos, size=size, num_frames=num_frames, seed=seed))
   paths, motions, colours = [], [], []
   for i in range(num_videos):
-    rng = np.random.default_rng([seed, i])
     motion, colour = i % len(MOTIONS), (i // len(MOTIONS) + i) % len(COLOURS)
     path = os.path.join(video_dir, f"video_{i:05d}.mp4")
-    write_mp4(path, render_video(rng, motion, colour, size=size, num_frames=num_frames))
+    if not os.path.exists(path):
+      frames = render_video(np.random.default_rng([seed, i]), motion, colour, size=size, num_frames=num_frames)
+      _replace_when_written(path, lambda p, frames=frames: write_mp4(p, frames))
     paths.append(os.path.abspath(path))
     motions.append(motion)
     colours.append(colour)
@@ -92,8 +113,37 @@ def write_dataset(out: str, num_videos: int, *, size: int = 64, num_frames: int 
   for name, labels in (("motion", motions), ("appearance", colours)):
     for part, sl in (("train", slice(0, split)), ("val", slice(split, None))):
       lists[f"{name}_{part}"] = p = os.path.join(out, f"{name}_{part}.csv")
-      sources.write_file_list(p, paths[sl], labels[sl])
+      _replace_when_written(
+          p, lambda tmp, sl=sl, labels=labels: sources.write_file_list(tmp, paths[sl], labels[sl]))
   return lists
+
+
+def _start_or_resume(out: str, video_dir: str, params: dict) -> None:
+  """Removes what an interrupted write left half-done; keeps its complete videos only if made the same way."""
+  for name in os.listdir(video_dir):
+    if name.endswith(_PARTIAL):
+      os.remove(os.path.join(video_dir, name))
+  for name in os.listdir(out):
+    if name.endswith(_PARTIAL):
+      os.remove(os.path.join(out, name))
+  params_path = os.path.join(out, _PARAMS)
+  previous = None
+  if os.path.exists(params_path):
+    with open(params_path) as f:
+      try:
+        previous = json.load(f)
+      except ValueError:
+        previous = None
+  if previous != params:  # other arguments (or no record of them): nothing already there can be reused
+    for name in os.listdir(video_dir):
+      if name.startswith("video_") and name.endswith(".mp4"):
+        os.remove(os.path.join(video_dir, name))
+    _replace_when_written(params_path, lambda p: _write_json(p, params))
+
+
+def _write_json(path: str, data: dict) -> None:
+  with open(path, "w") as f:
+    json.dump(data, f)
 
 
 def main(argv=None) -> None:

@@ -10,6 +10,10 @@ Importing the package is light: load_encoder and Encoder (jepa_jax/loading.py, j
 on first use.
 """
 
+from jepa_jax import no_tpu_probe as _no_tpu_probe
+
+_no_tpu_probe.apply()  # before anything imports jax's backends: no libtpu errors on machines without a TPU
+
 __all__ = ["Encoder", "load_encoder"]
 
 

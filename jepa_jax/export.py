@@ -227,7 +227,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   sys.argv = [a.replace("--with-optimizer", "--with_optimizer") for a in sys.argv]
   flags.DEFINE_string("workdir", None, "Run folder holding checkpoints/ (and config.json).")
   flags.DEFINE_integer("step", -1, "Checkpoint step; -1: the latest complete one.")
@@ -238,4 +238,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("world_size", 0, "GPUs of the official run ('world_size'; batch_size = global / this); "
                        "0: the mesh size when the config fixes it, else 1.")
   flags.mark_flags_as_required(["workdir", "out"])
-  app.run(main)
+  from jepa_jax import cli
+  cli.run(main)

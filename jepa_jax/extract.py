@@ -120,7 +120,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   flags.DEFINE_string("source", None, "A pretraining run folder of ours, an official .pth.tar or a .safetensors.")
   flags.DEFINE_alias("workdir", "source")
   flags.DEFINE_integer("step", None, "Checkpoint step of a run (default: the latest complete one).")
@@ -138,4 +138,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("frames", 0, "Frames per clip; 0: the run's data.frames_per_clip (a file: the model's).")
   flags.DEFINE_integer("frame_step", 0, "Frame step; 0: the run's data.frame_step (a file: 4, the official one).")
   flags.mark_flags_as_required(["source", "out"])
-  app.run(main)
+  from jepa_jax import cli
+  cli.run(main)

@@ -244,7 +244,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from jepa_jax import config_files
   sys.argv = [a.replace("--only-target", "--only_target") for a in sys.argv]
   config_files.DEFINE_config("config", "Config file or shipped config name (e.g. vitl16) of the model in the file.")
@@ -253,4 +253,5 @@ if __name__ == "__main__":
   flags.DEFINE_bool("only_target", False, "Encoder-only file: encoder = target = its target_encoder (or encoder); "
                     "predictor freshly initialised.")
   flags.mark_flags_as_required(["checkpoint", "config", "workdir"])
-  app.run(main)
+  from jepa_jax import cli
+  cli.run(main)

@@ -194,8 +194,8 @@ def read_run_config(workdir, step: int | None = None) -> tuple[ml_collections.Co
     if not steps:
       raise EncoderSourceError(f"no complete checkpoint in {ckpt.directory}: train first (python -m "
                                "jepa_jax.main --config=... --workdir=...) or pass a run that has one")
-    if step is None:
-      step = ckpt.latest_step()
+    if step is None:  # the newest step that looks whole: a damaged newer one is reported and skipped
+      step = checkpointing.newest_whole_step(ckpt.directory, steps)
     elif step not in steps:
       raise EncoderSourceError(f"{ckpt.directory} has no complete checkpoint at step {step}; it has {steps}")
     try:
@@ -255,6 +255,9 @@ def read_run(workdir, entries: Sequence[str] = ("target_encoder",), *, step: int
     state = checkpointing.restore_params_only(os.fspath(workdir), template, step=step)
   except FileNotFoundError as e:
     raise EncoderSourceError(f"{workdir}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except  # a damaged step: say which, and what else to read
+    raise EncoderSourceError(f"{workdir} step {step} cannot be read ({checkpointing.describe_error(e)}); pass "
+                             "another step (step= / --step=)") from e
   return config, int(step), state
 
 

@@ -3,13 +3,11 @@
 --config also takes a shipped config by name (`--config=demo`, `--config=eval/vitl16_k400`): config_files.py.
 
 config.mode selects the job: 'pretrain' (V-JEPA pretraining) or 'probe' (frozen attentive-probe evaluation).
+Errors the user can fix print one line and exit 2; faults during the run print one line and exit 1 (jepa_jax/cli.py).
 """
-import logging as logging_std
-
-from absl import app
 from absl import flags
-from absl import logging
 
+from jepa_jax import cli
 from jepa_jax import config_files
 
 _CONFIG = config_files.DEFINE_config("config")
@@ -22,35 +20,54 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
                                  "auto-detection (every worker of a Cloud TPU pod slice passes this).")
 flags.mark_flags_as_required(["config", "workdir"])
 
-
-# Libraries whose INFO lines drown the training log (orbax prints a dozen per checkpoint); their warnings still show.
-_QUIET_BELOW_WARNING = ("/orbax/", "/grain/", "/jax/_src/", "/etils/")
+_MODES = ("pretrain", "probe")
 
 
-class _QuietLibraries(logging_std.Filter):
-
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    return record.levelno >= logging_std.WARNING or not any(p in record.pathname for p in _QUIET_BELOW_WARNING)
+def _lock_workdir(workdir: str):
+  """Process 0 takes the workdir's lock; every process learns whether it did, so none goes on alone into a
+  collective. Returns the lock (None in the other processes)."""
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+  from jepa_jax import run_lock
+  lock, refusal = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = run_lock.WorkdirLock(workdir).acquire()
+    except run_lock.WorkdirLockedError as e:
+      refusal = e
+  if jax.process_count() > 1:
+    locked = bool(multihost_utils.broadcast_one_to_all(np.int32(refusal is None)))
+    if not locked and refusal is None:
+      refusal = run_lock.WorkdirLockedError(f"process 0 could not lock workdir {workdir}; see its log.")
+  if refusal is not None:
+    raise refusal
+  return lock
 
 
 def main(argv):
+  from absl import app
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config.mode not in _MODES:
+    from jepa_jax.config_validation import ConfigError
+    raise ConfigError(f"config.mode={config.mode!r}; use 'pretrain' or 'probe'.")
   # Imported after flag parsing so that --xla flags in the environment are read before jax starts.
   from jepa_jax import distributed
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  config = _CONFIG.value
-  if config.mode == "pretrain":
-    from jepa_jax import train
-    train.train_and_evaluate(config, _WORKDIR.value)
-  elif config.mode == "probe":
-    from jepa_jax.evaluation import loops
-    loops.probe_and_evaluate(config, _WORKDIR.value)
-  else:
-    raise app.UsageError(f"config.mode={config.mode!r}; use 'pretrain' or 'probe'.")
+  lock = _lock_workdir(_WORKDIR.value)
+  try:
+    if config.mode == "pretrain":
+      from jepa_jax import train
+      train.train_and_evaluate(config, _WORKDIR.value)
+    else:
+      from jepa_jax.evaluation import loops
+      loops.probe_and_evaluate(config, _WORKDIR.value)
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -26,7 +26,9 @@ def ensure_synthetic_videos(config, workdir, *, is_primary: bool) -> list[str]:
   """Writes config.data.synthetic_videos videos once (process 0) and returns the pretraining list paths.
 
   Pretraining uses the train split only; the val split stays unseen for the probe evaluation.
-  A marker file written last means a crash half-way through is redone rather than trained on.
+  A marker file written last (and itself renamed into place) means a run killed half-way through is completed by
+  the next one rather than trained on: every video and list is renamed into place only when whole
+  (input_pipeline/synthetic.py), and the complete videos already written are kept.
   """
   out = synthetic_dir(workdir)
   if is_primary and not (out / _DONE).exists():
@@ -37,7 +39,9 @@ def ensure_synthetic_videos(config, workdir, *, is_primary: bool) -> list[str]:
         _upload(local, lists, out)
     else:
       synthetic.write_dataset(str(out), config.data.synthetic_videos, seed=config.seed)
-    (out / _DONE).write_text("ok\n")
+    partial = out / (_DONE + ".partial")
+    partial.write_text("ok\n")
+    partial.rename(out / _DONE)
   return [str(out / "motion_train.csv")]
 
 

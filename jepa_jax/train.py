@@ -86,7 +86,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       every_steps=config.checkpoint.every_steps)
   ckpt.install_sigterm_handler()
   abstract = train_state.abstract_state(defs, tx, state_sh)
-  if ckpt.latest_step() is not None:
+  if ckpt.latest_step() is not None:  # the newest readable step; damaged newer ones are reported and set aside
     state = ckpt.restore(abstract, data_iterator=data_iter)
     logging.info("Resumed from step %d.", int(state["step"]))
   else:
@@ -147,15 +147,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if ckpt.should_save(step) or stopping or step == total_steps:
         ckpt.save(step, state, data_iterator=data_iter, config=config, force=True)
         if is_primary:
-          visualize.write_curves(workdir)
+          try:
+            visualize.write_curves(workdir)
+          except OSError as e:  # a picture is not worth stopping the run for (a full disk is found by the save)
+            logging.warning("Could not write the loss curves picture: %s", e)
         if stopping:
           logging.warning("Preemption signal received: saved step %d and stopping.", step)
           break
   finally:  # A crash or a NaN stop still finishes the last save and flushes the logs.
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    progress.close()
+    try:
+      ckpt.close()  # waits for the last async save: DiskFullError when it ran out of space
+    finally:
+      writer.close()
+      progress.close()
   finished = step >= total_steps
   if is_primary and config.visualize_at_end and finished:
     for name, path in visualize.write_run_pictures(workdir, config).items():

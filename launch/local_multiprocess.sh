@@ -23,6 +23,9 @@
 #   DRY_RUN              0                  1: print the commands, start nothing
 # It prints "process i: pid P, log FILE" for each process as it starts (a test can kill one by its pid), and the
 # last lines of the log of every process that failed.
+# SIGTERM or Ctrl-C to this script is passed on to every process as SIGTERM: JAX's preemption sync manager makes
+# them agree on one step, save it and exit 0 (docs/faults.md); the script waits for them (SIGKILL after
+# GRACE_SECONDS) and exits with their status. SIGTERM to one process alone does the same for all of them.
 set -euo pipefail
 
 NUM_PROCESSES="${NUM_PROCESSES:-2}"
@@ -69,7 +72,7 @@ stop_all() {
   done
   [[ -n "${stop_deadline}" ]] || stop_deadline=$((SECONDS + GRACE_SECONDS))
 }
-trap 'stop_all; exit 130' INT TERM
+trap 'echo "signal received: stopping every process (they save a common step)" >&2; stop_all' INT TERM
 
 for ((i = 0; i < NUM_PROCESSES; i++)); do
   log="${LOG_DIR}/process_${i}.log"

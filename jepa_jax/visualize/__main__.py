@@ -52,4 +52,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from jepa_jax import cli
+  cli.run(main)
