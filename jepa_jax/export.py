@@ -3,6 +3,9 @@
   python -m jepa_jax.export --workdir=DIR [--step=N] --out=FILE.pth.tar [--safetensors] [--dtype=bfloat16]
       [--with_optimizer] [--world_size=W]
 
+A probe run's workdir (python -m jepa_jax.main with an eval config) gives the official probe file instead: every
+head under 'classifiers' (evaluation/probe_files.py).
+
 The file is the dict the official code saves at the end of an epoch: 'encoder', 'predictor', 'target_encoder'
 (state_dicts of DDP(MultiMaskWrapper(...)), so every key starts with 'module.backbone.'), 'opt', 'scaler',
 'epoch', 'loss', 'batch_size', 'world_size', 'lr'. The official training resume (strict load of the three
@@ -160,6 +163,12 @@ def export_checkpoint(workdir: str, out: str, *, step: Optional[int] = None, dty
   import torch
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+  from jepa_jax.evaluation import probe_files
+  if probe_files.is_probe_run(workdir):  # a probe run: the official probe file (evaluation/probe_files.py)
+    if write_safetensors:
+      raise ValueError(f"{workdir} is a probe run: its file is the official probe layout; leave out --safetensors")
+    return probe_files.export_probe_run(workdir, out, dtype=dtype, with_optimizer=with_optimizer,
+                                        world_size=world_size)
   config, step = loading.read_run_config(workdir, step)
   logging.info("Export: reading %s (step %d) of a %s model; optimizer state %s.", workdir, step,
                config.model.name, "included" if with_optimizer else "skipped")

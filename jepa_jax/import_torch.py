@@ -97,15 +97,13 @@ def read_file(path: str) -> dict:
 
 def probe_file_message(path: str, ckpt: Mapping[str, Any]) -> str | None:
   """The error for an attentive-probe checkpoint given where a backbone is wanted, or None for other files."""
-  has_backbone = any(isinstance(ckpt.get(m), Mapping) for m in export.MODULES)
-  if has_backbone or not ("classifier" in ckpt or "classifiers" in ckpt):
+  from jepa_jax.evaluation import probe_files
+  if not probe_files.is_probe_checkpoint(ckpt) or any(isinstance(ckpt.get(m), Mapping) for m in export.MODULES):
     return None
-  heads = ckpt.get("classifiers")
-  what = (f"{len(heads)} probe heads ('classifiers', V-JEPA 2)" if isinstance(heads, (list, tuple))
-          else "the probe ('classifier', V-JEPA 1)")
-  return (f"{path} is an attentive-probe checkpoint (keys {sorted(ckpt)}): it holds {what} but no encoder (the "
-          "official eval fails the same way, jepa issue #43). Pass the pretrained backbone file instead (e.g. "
-          "vitl16.pth.tar for V-JEPA 1, vitl.pt for V-JEPA 2).")
+  return (f"{path} is an attentive-probe checkpoint, not a backbone: {probe_files.describe_checkpoint(ckpt, path)}, "
+          "and no encoder (the official eval fails the same way, jepa issue #43). Pass the pretrained backbone file "
+          "(e.g. vitl16.pth.tar for V-JEPA 1, vitl.pt for V-JEPA 2) instead; to evaluate these probes, give the file "
+          "as --config.eval.probe_checkpoint of an eval config.")
 
 
 def _check_backbone_file(path: str, ckpt: Mapping[str, Any], only_target: bool) -> None:

@@ -123,8 +123,10 @@ def test_accuracy_is_counted_over_the_whole_set_not_averaged_over_uneven_batches
       batches.append((jnp.asarray(t), jnp.asarray(lab), jnp.asarray((np.arange(8) < n).astype(np.float32))))
     got = loops.run_eval(probe, params, batches)
   assert got["num_examples"] == 19
-  np.testing.assert_allclose(got["val_acc_top1"], 100 * float(full["top1"]) / 19, rtol=1e-6)
-  np.testing.assert_allclose(got["val_acc_top5"], 100 * float(full["top5"]) / 19, rtol=1e-6)
+  # One head (V-JEPA 1): every figure is an array over the heads, of length 1.
+  assert got["val_acc_top1"].shape == (1,)
+  np.testing.assert_allclose(got["val_acc_top1"], 100 * np.asarray(full["top1"]) / 19, rtol=1e-6)
+  np.testing.assert_allclose(got["val_acc_top5"], 100 * np.asarray(full["top5"]) / 19, rtol=1e-6)
 
 
 def test_batch_geometry_pads_to_the_devices_and_covers_every_example():
@@ -243,7 +245,7 @@ def test_probe_run_end_to_end_writes_csv_best_probe_and_report(data, tmp_path):
   mesh = sharding.make_mesh(config.mesh)
   with jax.set_mesh(mesh):
     _, params, _ = probe_step.build_probe(config, 32, 2, 4, mesh, sharding.logical_rules(config.mesh), seed=0)
-  restored = loops.load_probe(str(tmp_path / "probe_best"), params)
+  restored = loops.load_probe(str(tmp_path / "probe_best"), probe_step.head_params(params, 0))
   assert set(restored) == {"pooler", "linear"}
   assert restored["pooler"]["query_tokens"].shape == (1, 1, 32)
 

@@ -333,3 +333,116 @@ def test_probe_schedules_start_at_step_one_and_end_at_the_final_values():
   assert float(lr(99)) == pytest.approx(0.0, abs=1e-12)
   assert float(wd(99)) == pytest.approx(1e-6, rel=1e-4)
   assert float(wd(49)) == pytest.approx(_official_lr_wd(50, 100)[1], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------- V-JEPA 2 optimizer (9.5)
+
+def _official_multihead_lr_wd(s, total, ipe, head):
+  """The official V-JEPA 2 eval's WarmupCosineLRSchedule and CosineWDSchedule (evals/video_classification_frozen/
+  eval.py, docs/reference.md §9.5), transcribed, at official step s (counted from 1)."""
+  warm = int(head['warmup'] * ipe)
+  if s < warm:
+    lr = head['start_lr'] + s / max(1, warm) * (head['lr'] - head['start_lr'])
+  else:
+    progress = (s - warm) / max(1, total - warm)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    lr = max(head['final_lr'], head['final_lr'] + (head['lr'] - head['final_lr']) * cosine)
+  ref_wd, final_wd = head['weight_decay'], head['final_weight_decay']
+  wd = final_wd + (ref_wd - final_wd) * 0.5 * (1 + math.cos(math.pi * s / total))
+  return lr, (max(final_wd, wd) if final_wd <= ref_wd else min(final_wd, wd))
+
+
+def test_official_multihead_schedules_at_every_step():
+  from jepa_jax.evaluation.probe_optim import head_hparams, lr_at, wd_at
+  ipe, total = 3, 60  # 20 epochs of 3 steps
+  in1k_warm = {'lr': 1.5e-3, 'start_lr': 2e-4, 'final_lr': 0.0, 'warmup': 5.0, 'weight_decay': 4e-3,
+               'final_weight_decay': 4e-3}
+  in1k_first = {'lr': 1e-3, 'start_lr': 1e-3, 'final_lr': 0.0, 'warmup': 0.0, 'weight_decay': 1e-3,
+                'final_weight_decay': 0.0}
+  growing = {'lr': 1e-3, 'start_lr': 1e-3, 'final_lr': 1e-4, 'warmup': 0.0, 'weight_decay': 0.01,
+             'final_weight_decay': 0.1}
+  for head in (in1k_warm, in1k_first, growing):
+    h = head_hparams(head, ipe)
+    ours = np.asarray(jax.jit(jax.vmap(lambda c: jnp.stack([lr_at(h, c, total), wd_at(h, c, total)])))(
+        jnp.arange(total)))
+    theirs = np.array([_official_multihead_lr_wd(c + 1, total, ipe, head) for c in range(total)])
+    # float32 cos near pi: the last lr values (~1e-6 of the peak) carry ~1e-11 absolute rounding.
+    np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-10)
+  h = head_hparams(in1k_warm, ipe)
+  assert float(lr_at(h, 0, total)) == pytest.approx(2e-4 + (1.5e-3 - 2e-4) / 15, rel=1e-6)  # warming up from s = 1
+  assert float(lr_at(h, 14, total)) == pytest.approx(1.5e-3, rel=1e-6)  # s = 15 = 5 epochs: the peak
+  assert float(wd_at(h, 37, total)) == pytest.approx(4e-3, rel=1e-6)  # constant
+
+
+def test_v2_probe_optimizer_matches_torch_adamw_one_group_without_clipping():
+  import optax
+  from jepa_jax.evaluation.probe_optim import head_hparams, make_probe_optimizer, probe_weight_decay_mask
+
+  steps, ipe = 8, 2
+  head = {'lr': 2e-3, 'start_lr': 5e-4, 'final_lr': 0.0, 'warmup': 1.5, 'weight_decay': 0.8,
+          'final_weight_decay': 0.1}  # warmup 3 steps, then cosine; weight decay falling: every branch used
+  model = _build_v2(dim=32, heads=4, classes=5, depth=4, seed=11)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  ref = TorchAttentiveClassifierV2(32, 4, 5, depth=4)
+  ref.load_state_dict(_torch_state_dict(model), strict=True)
+  named = dict(ref.named_parameters())
+  opt_t = torch.optim.AdamW(ref.parameters())  # the official V-JEPA 2 probe: one group, every parameter decayed
+
+  assert all(jax.tree.leaves(probe_weight_decay_mask(params, decay_all_params=True)))
+  tx = make_probe_optimizer(total_steps=steps, clip=0.0, decay_all_params=True)
+  opt_state = tx.init(params, head_hparams(head, ipe))
+
+  @jax.jit
+  def apply(grads, opt_state, params):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  rng = np.random.default_rng(3)
+  n = sum(p.numel() for p in named.values())
+  for step in range(steps):
+    # Global grad norms far above and below 1.0: clipping at 1.0 (V-JEPA 1) would change the Adam moments.
+    scale = [0.3, 3.0, 0.5, 5.0, 0.2, 2.0, 8.0, 0.1][step] / math.sqrt(n)
+    grads_t = {k: rng.normal(size=p.shape).astype(np.float32) * scale for k, p in named.items()}
+    lr, wd = _official_multihead_lr_wd(step + 1, steps, ipe, head)
+    opt_t.param_groups[0]['lr'], opt_t.param_groups[0]['weight_decay'] = lr, wd
+    for k, p in named.items():
+      p.grad = torch.from_numpy(grads_t[k])
+    opt_t.step()
+    flat = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+      names = [str(p) for p in path]
+      g = grads_t['.'.join(names[:-1] + ['weight' if names[-1] in ('kernel', 'scale') else names[-1]])]
+      flat[tuple(path)] = g.T if names[-1] == 'kernel' else g
+    grads = jax.tree_util.tree_map_with_path(
+        lambda path, _: jnp.asarray(flat[tuple(getattr(k, 'key', k) for k in path)]), params)
+    params, opt_state = apply(grads, opt_state, params)
+
+  with nnx.use_eager_sharding(False):
+    nnx.update(model, nnx.State(params))
+  ours = _torch_state_dict(model)
+  init = _torch_state_dict(_build_v2(dim=32, heads=4, classes=5, depth=4, seed=11))
+  theirs = {k: v.detach() for k, v in ref.state_dict().items()}
+  for k in theirs:
+    assert float((ours[k] - theirs[k]).norm() / theirs[k].norm().clamp_min(1e-12)) < 1e-6, k
+    # The change itself must agree too, up to the float32 rounding of p at each step (LayerNorm weights near 1.0
+    # round at ~6e-8 per step, a visible share of their small moves).
+    moved_t, moved_o = theirs[k] - init[k], ours[k] - init[k]
+    rounding = steps * 2.0 ** -24 * float(theirs[k].norm())
+    assert float((moved_o - moved_t).norm()) < 2e-5 * float(moved_t.norm()) + rounding, k
+
+
+def test_v2_probe_remat_recomputes_the_blocks_with_the_same_numbers():
+  # The official V-JEPA 2 eval checkpoints the probe blocks' activations; ours (config.eval.probe_remat) too.
+  x = jnp.asarray(_tokens(b=2, n=20, dim=32, seed=12))
+  out = {}
+  for remat in (False, True):
+    with nnx.use_eager_sharding(False):
+      model = AttentiveClassifier(32, 4, 5, depth=4, remat=remat, rngs=nnx.Rngs(13))
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(x) ** 2)
+    grads = jax.jit(jax.grad(loss))(params)
+    out[remat] = (np.asarray(jax.jit(loss)(params)), np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)]))
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+    assert ('remat' in jaxpr or 'checkpoint' in jaxpr) == remat
+  assert out[True][0] == out[False][0]
+  assert rel_error(out[True][1], out[False][1]) <= 1e-6

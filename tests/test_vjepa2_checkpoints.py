@@ -284,10 +284,10 @@ def test_the_wrong_size_and_a_probe_file_are_named(tmp_path):
     import_torch.import_checkpoint(str(tmp_path / "vitl.pt"), wider, str(tmp_path / "w"))
   torch.save({"classifiers": [{"module.linear.weight": torch.zeros(3, 32)}] * 2, "opt": [None, None],
               "scaler": None, "epoch": 1}, str(tmp_path / "ssv2-vitl-16x2x3.pt"))
-  with pytest.raises(import_torch.CheckpointFormatError, match="attentive-probe checkpoint.*2 probe heads"):
+  with pytest.raises(import_torch.CheckpointFormatError, match="attentive-probe checkpoint, not a backbone"):
     import_torch.import_checkpoint(str(tmp_path / "ssv2-vitl-16x2x3.pt"), tiny.tiny_v2_config(),
                                    str(tmp_path / "w"))
-  with pytest.raises(loading.EncoderSourceError, match="2 probe heads"):
+  with pytest.raises(loading.EncoderSourceError, match="attentive-probe checkpoint, not a backbone"):
     loading.load_encoder(str(tmp_path / "ssv2-vitl-16x2x3.pt"))
 
 

@@ -16,12 +16,14 @@ stays. Build under `torch.device('meta')` to count parameters of the large model
 Checked once against the official modules themselves (facebookresearch/vjepa2 at c2963a4, run outside this
 repository with the same weights): encoder on a non-square clip, full and masked, the predictor for mask_index 0, 1
 and 3, the PredictorMultiSeqWrapper path for two generators and the 4-block probe all agree exactly (0.0); the key
-sets and parameter counts (ViT-L/H/g encoders, the three predictors, the probe) are the official ones.
+sets and parameter counts (ViT-L/H/g encoders, the three predictors, the probe) are the official ones. The encoder
+with out_layers [1, 3, 4] (5 blocks, a non-square clip, full and masked) too: 0.0.
 
 API:
   rotate_queries_or_keys(x [..., N, D], pos [..., N]) -> [..., N, D]   one rotated chunk (official function)
   RoPEAttention(dim, num_heads, grid_size).forward(x, mask=None, T=None, H_patches=None, W_patches=None)
   TorchVisionTransformerV2(...).forward(x [B,3,T,H,W], masks=None | LongTensor [B,K] | list) -> [B', K, D]
+      (with out_layers=[i, ...]: a list of [B', K, D], norm(x) after each of those blocks)
   TorchPredictorV2(...).forward(ctxt [B,Kc,D], masks_ctxt, masks_tgt, mask_index) -> [B, Kt, D]
   predict_multiseq(predictor, ctxt, masks_ctxt, masks_tgt): the official PredictorMultiSeqWrapper's mask-token rule
   AttentiveClassifierV2(embed_dim, num_heads, num_classes, depth=4).forward(tokens [B, N, D]) -> logits [B, C]
@@ -153,11 +155,16 @@ def _rescale_blocks(blocks):
 
 
 class TorchVisionTransformerV2(nn.Module):
-  """Official VisionTransformer with use_rope=True (video path, no out_layers, handle_nonsquare_inputs=True)."""
+  """Official VisionTransformer with use_rope=True (video path, handle_nonsquare_inputs=True).
+
+  out_layers (block indices, as the Diving48 configs pass them): forward returns the list of norm(x) after each of
+  those blocks, in block order, instead of the normed output of the last block (the official forward).
+  """
 
   def __init__(self, img_size=256, patch_size=16, num_frames=16, tubelet_size=2, embed_dim=1024, depth=24,
-               num_heads=16, mlp_ratio=4.0, qkv_bias=True):
+               num_heads=16, mlp_ratio=4.0, qkv_bias=True, out_layers=None):
     super().__init__()
+    self.out_layers = out_layers
     self.patch_size, self.tubelet_size = patch_size, tubelet_size
     self.embed_dim, self.num_heads = embed_dim, num_heads
     self.patch_embed = PatchEmbed3D(patch_size, tubelet_size, 3, embed_dim)
@@ -176,8 +183,13 @@ class TorchVisionTransformerV2(nn.Module):
       masks = [masks] if torch.is_tensor(masks) else masks
       x = apply_masks(x, masks)
       masks = torch.cat(masks, dim=0)
-    for blk in self.blocks:
+    outs = []
+    for i, blk in enumerate(self.blocks):
       x = blk(x, mask=masks, **grid)
+      if self.out_layers is not None and i in self.out_layers:
+        outs.append(self.norm(x))  # the same final norm, applied to each chosen block's output
+    if self.out_layers is not None:
+      return outs
     return self.norm(x)
 
 

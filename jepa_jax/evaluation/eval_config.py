@@ -2,6 +2,11 @@
 
 An eval config (configs/eval/base.py) is a pretraining config's `model` and `mesh` plus `eval`, the probe recipe;
 `pretrained` is anything jepa_jax.load_encoder reads and `checkpoint_key` which of its encoders.
+
+The probes: config.eval.heads lists one dict per probe trained together on the same frozen features (the official
+multihead_kwargs of V-JEPA 2, with its names: lr, start_lr, final_lr, warmup (epochs), weight_decay,
+final_weight_decay); empty, one probe from the flat config.eval.lr / final_lr / weight_decay / final_weight_decay
+(the V-JEPA 1 configs). probe_heads() gives the list every consumer reads.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from etils import epath
 from input_pipeline import images
 from input_pipeline import sources
 from jepa_jax import loading
+from jepa_jax import models
+from jepa_jax.evaluation.probe_optim import HEAD_FIELDS
 
 
 class EvalConfigError(ValueError):
@@ -49,6 +56,39 @@ def probe_model_config(config) -> ml_collections.ConfigDict:
   return model
 
 
+def probe_heads(config) -> tuple[dict, ...]:
+  """The probes' settings, complete, in config order: config.eval.heads, or the one V-JEPA 1 probe.
+
+  A head may leave out start_lr (= lr), final_lr (0), final_weight_decay (= weight_decay: constant, as every V-JEPA 2
+  head but IN1K's first) and warmup (0 epochs); lr and weight_decay are required. Unknown names are an error.
+  """
+  e = config.eval
+  heads = tuple(e.get("heads", ()) or ())
+  if not heads:
+    lr = float(e.lr)
+    return ({"lr": lr, "start_lr": lr, "final_lr": float(e.get("final_lr", 0.0)), "warmup": 0.0,
+             "weight_decay": float(e.weight_decay), "final_weight_decay": float(e.get("final_weight_decay", 1e-6))},)
+  out = []
+  for i, head in enumerate(heads):
+    head = dict(head)
+    unknown = sorted(set(head) - set(HEAD_FIELDS))
+    missing = [k for k in ("lr", "weight_decay") if k not in head]
+    if unknown or missing:
+      raise EvalConfigError(
+          f"config.eval.heads[{i}]={head}: " + (f"unknown fields {unknown}; " if unknown else "")
+          + (f"missing {missing}; " if missing else "") + f"a head has the fields {list(HEAD_FIELDS)} (lr and "
+          "weight_decay required; warmup in epochs)")
+    full = {"lr": float(head["lr"]), "start_lr": float(head.get("start_lr", head["lr"])),
+            "final_lr": float(head.get("final_lr", 0.0)), "warmup": float(head.get("warmup", 0.0)),
+            "weight_decay": float(head["weight_decay"]),
+            "final_weight_decay": float(head.get("final_weight_decay", head["weight_decay"]))}
+    if full["lr"] <= 0 or min(full["start_lr"], full["final_lr"], full["warmup"], full["weight_decay"],
+                              full["final_weight_decay"]) < 0:
+      raise EvalConfigError(f"config.eval.heads[{i}]={head}: lr must be > 0 and the other values >= 0")
+    out.append(full)
+  return tuple(out)
+
+
 def validate_eval_config(config) -> dict:
   """Checks everything that can be checked before loading or compiling; returns resolve_inputs(config)."""
   e, m = config.eval, config.model
@@ -76,11 +116,29 @@ def validate_eval_config(config) -> dict:
   if e.batch_size % jax.process_count():
     raise EvalConfigError(f"config.eval.batch_size={e.batch_size} is not divisible by {jax.process_count()} "
                           "processes")
+  if int(e.get("num_probe_blocks", 1)) < 1:
+    raise EvalConfigError(f"config.eval.num_probe_blocks={e.num_probe_blocks} must be >= 1: 1 for the V-JEPA 1 "
+                          "probe, 4 for the V-JEPA 2 probe")
+  heads = probe_heads(config)
+  warmups = [h["warmup"] for h in heads if h["warmup"] >= int(e.epochs)]
+  if warmups:
+    raise EvalConfigError(f"config.eval.heads has warmup {warmups[0]} epochs, not shorter than config.eval.epochs="
+                          f"{e.epochs}")
+  out_layers = tuple(int(i) for i in e.get("out_layers", ()) or ())
+  depth = models.model_dims(m).depth
+  if out_layers and (sorted(set(out_layers)) != list(out_layers) or out_layers[0] < 0 or out_layers[-1] >= depth):
+    raise EvalConfigError(f"config.eval.out_layers={out_layers}: increasing block indices of the encoder, each in "
+                          f"0..{depth - 1} ({m.name} has {depth} blocks)")
+  if e.get("probe_checkpoint", "") and not epath.Path(e.probe_checkpoint).exists():
+    raise EvalConfigError(f"config.eval.probe_checkpoint={e.probe_checkpoint!r} does not exist (give a probe file, "
+                          "official layout or ours from python -m jepa_jax.export, or a probe workdir of ours)")
   if not 0 < float(e.get("max_failure_fraction", 0.5)) <= 1:
     raise EvalConfigError(f"config.eval.max_failure_fraction={e.max_failure_fraction} must be in (0, 1]")
   inputs = resolve_inputs(config)
   if e.task == "video":
     for split, path in inputs.items():
+      if split == "train" and e.get("probe_checkpoint", ""):
+        continue  # validation only: the train list is not read
       if not path:
         raise EvalConfigError(f"config.eval.{split} is empty: give an official-format list ('path label' per "
                               "line)")

@@ -5,8 +5,9 @@ softmax over views (and segments when not attending across them); top-1 and top-
 weighted (padding rows and unreadable videos weigh 0), summed over the whole split and divided once at the end (the
 official code averages per-batch means).
 
-probe_steps() gives the steps as pure functions of (probe params, opt state, tokens, labels, weights): they can be
-jitted as they are, or vmapped over several probes trained together on the same tokens.
+probe_steps() gives the steps as pure functions of (probe params, opt state, tokens, labels, weights); build_probe
+vmaps them over K probes trained together on the same tokens (the V-JEPA 2 protocol: the encoder runs once per batch,
+whatever K), each head with its own init and its own lr / wd schedule values in its optimizer state.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jepa_jax import sharding
-from jepa_jax.evaluation.probe_optim import make_probe_optimizer
+from jepa_jax.evaluation.eval_config import probe_heads
+from jepa_jax.evaluation.probe_optim import make_probe_optimizer, stack_hparams
 from jepa_jax.models.probe import AttentiveClassifier
 
 
@@ -75,33 +78,72 @@ def probe_steps(graphdef, tx: optax.GradientTransformation) -> tuple[Callable, C
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
-  """The probe's graph, optimizer and jitted steps (probe_steps, params and opt state donated in training)."""
+  """K probes trained together on the same tokens (docs/reference.md §9.5; K = 1 for V-JEPA 1).
+
+  One AttentiveClassifier graph; params and optimizer states carry a leading axis of K (head i = config.eval.heads[i]
+  in config order); train_step and eval_step are probe_steps vmapped over that axis, the tokens, labels and weights
+  shared, and jitted once (params and opt state donated in training). Metrics come back per head, arrays [K].
+  """
   graphdef: Any
   tx: optax.GradientTransformation
+  heads: tuple  # the heads' settings (eval_config.probe_heads), in the order of the leading axis
   train_step: Callable
   eval_step: Callable
 
+  @property
+  def num_heads(self) -> int:
+    return len(self.heads)
 
-def build_probe(config, embed_dim: int, encoder_heads: int, total_steps: int, mesh, rules, seed: int):
-  """(Probe, params, opt_state): official AttentiveClassifier and optimizer, params sharded by the rules."""
+
+def head_params(params, i: int):
+  """Head i of stacked probe params (or opt state)."""
+  return jax.tree.map(lambda x: x[i], params)
+
+
+def stacked_shardings(shardings):
+  """The NamedShardings of one head's leaves with a leading, unsharded head axis."""
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, P(None, *s.spec)), shardings)
+
+
+def classifier_factory(config, embed_dim: int, encoder_heads: int) -> Callable[[Any], AttentiveClassifier]:
+  """seed -> the configured AttentiveClassifier: config.eval.num_probe_blocks (1: V-JEPA 1, 4: V-JEPA 2),
+  config.eval.probe_num_heads attention heads (0: the encoder's), the official init, its blocks rematerialised
+  with config.eval.probe_remat."""
   e = config.eval
-  dtype = jnp.dtype(config.model.dtype)
   heads = int(e.get("probe_num_heads", 0) or encoder_heads)
+  depth = int(e.get("num_probe_blocks", 1))
+  dtype = jnp.dtype(config.model.dtype)
   # The probe's cross-attention (one query token) stays on jax.nn's kernels; splash tiles self-attention.
   impl = config.model.attention_impl if config.model.attention_impl in ("xla", "cudnn") else None
-  make = lambda s: AttentiveClassifier(embed_dim, heads, int(e.num_classes), dtype=dtype, implementation=impl,
-                                       rngs=nnx.Rngs(s))
+  return lambda seed: AttentiveClassifier(embed_dim, heads, int(e.num_classes), depth=depth, dtype=dtype,
+                                          implementation=impl,
+                                          remat=bool(e.get("probe_remat", False)), rngs=nnx.Rngs(seed))
+
+
+def build_probe(config, embed_dim: int, encoder_heads: int, steps_per_epoch: int, mesh, rules, seed: int,
+                heads=None):
+  """(Probe, params, opt_state) for the heads of the config (or `heads`): stacked [K, ...], sharded by the rules.
+
+  Head i is initialised from seed + i (its own draw, as the official heads are built one after another); its
+  optimizer state holds its lr / wd schedule values (probe_optim.HeadHparams), warmup in steps of steps_per_epoch.
+  """
+  e = config.eval
+  heads = probe_heads(config) if heads is None else tuple(heads)
+  make = classifier_factory(config, embed_dim, encoder_heads)
+
+  def init(s):  # the same draws as make(int seed): nnx.Rngs makes jax.random.key(seed) of an int
+    return nnx.to_pure_dict(nnx.state(make(jax.random.key(s))))
+
   with nnx.use_eager_sharding(False), nnx.logical_axis_rules(rules):
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(0)))
-    params = nnx.to_pure_dict(nnx.state(make(seed)))
-  with jax.set_mesh(mesh):
-    shardings = sharding.param_shardings(abstract, mesh, rules)
-  params = jax.device_put(params, shardings)
-  tx = make_probe_optimizer(lr=float(e.lr), final_lr=float(e.get("final_lr", 0.0)),
-                            weight_decay=float(e.weight_decay),
-                            final_weight_decay=float(e.get("final_weight_decay", 1e-6)),
-                            total_steps=int(total_steps), clip=float(e.get("clip_grad", 1.0)))
+    with jax.set_mesh(mesh):
+      shardings = stacked_shardings(sharding.param_shardings(abstract, mesh, rules))
+    params = jax.jit(jax.vmap(init), out_shardings=shardings)(seed + jnp.arange(len(heads), dtype=jnp.int32))
+  tx = make_probe_optimizer(total_steps=int(steps_per_epoch) * int(e.epochs), clip=float(e.get("clip_grad", 1.0)),
+                            decay_all_params=bool(e.get("decay_all_params", False)))
   train_step, eval_step = probe_steps(graphdef, tx)
-  opt_state = jax.jit(tx.init)(params)
-  probe = Probe(graphdef, tx, jax.jit(train_step, donate_argnums=(0, 1)), jax.jit(eval_step))
+  opt_state = jax.jit(jax.vmap(tx.init))(params, stack_hparams(heads, steps_per_epoch))
+  probe = Probe(graphdef, tx, heads,
+                jax.jit(jax.vmap(train_step, in_axes=(0, 0, None, None, None)), donate_argnums=(0, 1)),
+                jax.jit(jax.vmap(eval_step, in_axes=(0, None, None, None))))
   return probe, params, opt_state

@@ -148,10 +148,11 @@ class AttentivePooler(nnx.Module):
   """One learned query pooled over the tokens: [B, N, D] -> [B, 1, D] (V-JEPA 2: after depth - 1 Blocks)."""
 
   def __init__(self, embed_dim, num_heads, mlp_ratio=4.0, depth=1, qkv_bias=True, dtype=jnp.float32,
-               implementation=None, *, rngs):
+               implementation=None, remat=False, *, rngs):
     if depth < 1:
       raise ValueError(f'AttentivePooler depth (num_probe_blocks) must be >= 1: 1 for the V-JEPA 1 probe, 4 for '
                        f'the V-JEPA 2 probe; got {depth}')
+    self.remat = bool(remat)
     self.query_tokens = nnx.Param(
         _normal(0.02, (None, None, _EMBED))(rngs.params(), (1, 1, embed_dim), jnp.float32))
     self.cross_attention_block = CrossAttentionBlock(
@@ -177,8 +178,11 @@ class AttentivePooler(nnx.Module):
       lin.kernel[...] = lin.kernel[...] / cross_scale
 
   def __call__(self, x):
+    # remat: each Block's activations are recomputed in the backward pass, only its input is kept (the official
+    # use_activation_checkpointing=True of the V-JEPA 2 eval). Same numbers; K heads over 10^4 tokens need it.
+    run = nnx.remat(lambda blk, h: blk(h)) if self.remat else (lambda blk, h: blk(h))
     for blk in self.blocks or []:
-      x = blk(x)
+      x = run(blk, x)
     q = jnp.broadcast_to(self.query_tokens[...], (x.shape[0],) + self.query_tokens.shape[1:])
     return self.cross_attention_block(q, x)
 
@@ -187,9 +191,9 @@ class AttentiveClassifier(nnx.Module):
   """Pooler + linear head; returns float32 logits [B, num_classes] for tokens [B, N, D]."""
 
   def __init__(self, embed_dim, num_heads, num_classes, mlp_ratio=4.0, depth=1, qkv_bias=True,
-               dtype=jnp.float32, implementation=None, *, rngs):
+               dtype=jnp.float32, implementation=None, remat=False, *, rngs):
     self.pooler = AttentivePooler(
-        embed_dim, num_heads, mlp_ratio, depth, qkv_bias, dtype, implementation, rngs=rngs)
+        embed_dim, num_heads, mlp_ratio, depth, qkv_bias, dtype, implementation, remat, rngs=rngs)
     # The head is a plain nn.Linear created outside the pooler, so _init_weights never touches it: it keeps
     # torch's default init, U(-1/sqrt(D), 1/sqrt(D)) for weight and bias (kaiming_uniform with a=sqrt(5)).
     bound = 1.0 / math.sqrt(embed_dim)

@@ -65,6 +65,13 @@ def get(model: str, task: str) -> ml_collections.ConfigDict:
   e.final_weight_decay = 1e-6  # [quirk] hard-coded in the official eval, reference 6.2
   e.clip_grad = 1.0
   e.probe_num_heads = 0  # 0: the encoder's heads (16 for ViT-L/H), as the official AttentiveClassifier
+  # The probe and protocol fields V-JEPA 2 sets (configs/eval/vjepa2/common.py); these values are V-JEPA 1's.
+  e.num_probe_blocks = 1  # 1: the cross-attention block alone; 4: three self-attention blocks before it
+  e.heads = ()  # probes trained together, one dict each (eval_config.probe_heads); (): one, from lr / weight_decay
+  e.decay_all_params = False  # False: the V-JEPA 1 groups (no decay on biases, norms); True: one group, all decayed
+  e.out_layers = ()  # encoder blocks whose normed outputs are joined along the tokens; (): the last block's
+  e.probe_checkpoint = ""  # a probe file or probe run: evaluate its probes on the val split only, no training
+  e.probe_remat = False  # recompute the probe blocks' activations in the backward pass (memory; same numbers)
   # Official training transform (reference 6.2 / 6.3); the demo shrinks the crop scale for 64-pixel videos.
   e.random_resize_scale = (0.08, 1.0)
   e.auto_augment = True
