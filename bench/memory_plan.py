@@ -41,6 +41,7 @@ from jax.sharding import AxisType, Mesh  # noqa: E402
 
 from jepa_jax import compiled_step  # noqa: E402
 from jepa_jax import sharding  # noqa: E402
+from jepa_jax.models import attention as attention_lib  # noqa: E402
 
 # name -> (libtpu topology name, chip_config_name, HBM GiB per device as libtpu's OOM message states it)
 TOPOLOGIES = {
@@ -74,16 +75,23 @@ def topology_mesh(name: str, fsdp: int = 0) -> Mesh:
 
 
 def plan_one(model: str, topology: str, per_device_batch: int, remat: str, *, fsdp: int = 0,
-             dtype: str = "bfloat16", scan: bool = True, attention: str = "", size: str = "") -> dict:
-  """Compiles one configuration; returns its memory figures, or fits=False with the compiler's OOM message."""
+             dtype: str = "bfloat16", scan: bool = True, attention: str = "", size: str = "",
+             packing: str = "") -> dict:
+  """Compiles one configuration; returns its memory figures, or fits=False with the compiler's OOM message.
+
+  attention: config.model.attention_impl ('' picks per platform: splash on TPU); packing: 'CONTEXT/PREDICTOR'
+  (e.g. 'none/none' for the official pass per mask generator; '' keeps the config's).
+  """
   mesh = topology_mesh(topology, fsdp)
   n = mesh.devices.size
   config = bench.load_config(model)  # a shipped config name (vitl16) or a config file
   bench.configure(config, per_device_batch=per_device_batch, num_devices=n, dtype=dtype, attention=attention,
-                  remat=remat, scan=scan, size=bench.parse_size(size), mesh_shape=mesh.devices.shape)
+                  remat=remat, scan=scan, size=bench.parse_size(size), mesh_shape=mesh.devices.shape,
+                  packing=packing)
   row = {"model": model, "topology": topology, "devices": n, "hbm_gib": TOPOLOGIES[topology][2],
          "fsdp": mesh.shape["fsdp"], "data": mesh.shape["data"], "per_device_batch": per_device_batch,
-         "remat": remat, "dtype": dtype, "scan": scan, "attention": attention or "default", "size": size}
+         "remat": remat, "dtype": dtype, "scan": scan, "attention": _kernel(attention, dtype), "size": size,
+         "packing": f"{config.model.context_packing}/{config.model.predictor_packing}"}
   t0 = time.perf_counter()
   try:
     setup = bench.build_step(config, mesh=mesh)
@@ -109,8 +117,16 @@ def plan_one(model: str, topology: str, per_device_batch: int, remat: str, *, fs
   return row
 
 
+def _kernel(attention: str, dtype: str) -> str:
+  """The attention kernel a TPU compile runs ('' resolves to splash)."""
+  return attention_lib.resolve(attention, "tpu", dtype)
+
+
 def _key(r: dict) -> tuple:
-  return (r["model"], r["topology"], r["per_device_batch"], r["remat"], r["fsdp"], r["dtype"], r["scan"])
+  # Rows from before the attention/packing options ('default' then) ran XLA attention, one pass per mask generator.
+  kernel = {"default": "xla"}.get(r.get("attention", "default"), r.get("attention"))
+  return (r["model"], r["topology"], r["per_device_batch"], r["remat"], r["fsdp"], r["dtype"], r["scan"], kernel,
+          r.get("packing", "none/none"))
 
 
 def run_grid(args) -> None:
@@ -124,15 +140,22 @@ def run_grid(args) -> None:
       for remat in args.remat.split(","):
         for b in (int(x) for x in args.batches.split(",")):
           fsdp = args.fsdp or len(topology_mesh(topology).devices.flat)
-          key = (model, topology, b, remat, fsdp, args.dtype, bool(args.scan))
+          key = (model, topology, b, remat, fsdp, args.dtype, bool(args.scan), _kernel(args.attention, args.dtype),
+                 args.packing or _config_packing(model))
           if key in done:
             continue
-          row = plan_one(model, topology, b, remat, fsdp=args.fsdp, dtype=args.dtype, scan=bool(args.scan))
+          row = plan_one(model, topology, b, remat, fsdp=args.fsdp, dtype=args.dtype, scan=bool(args.scan),
+                         attention=args.attention, packing=args.packing)
           with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
           status = f"peak {row['peak_gib']:.2f} GiB" if row["fits"] else "OOM"
           print(f"{model} {topology} fsdp={row['fsdp']} b={b} remat={remat}: {status} "
                 f"({row['compile_s']:.0f} s)", flush=True)
+
+
+def _config_packing(model: str) -> str:
+  m = bench.load_config(MODELS.get(model, model)).model
+  return f"{m.context_packing}/{m.predictor_packing}"
 
 
 def _gib(row: dict, key: str) -> str:
@@ -171,6 +194,9 @@ def main(argv=None) -> int:
   p.add_argument("--fsdp", type=int, default=0, help="FSDP size (0: all chips)")
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--scan", type=int, default=1)
+  p.add_argument("--attention", default="", help="config.model.attention_impl: '' (TPU: splash), xla or splash")
+  p.add_argument("--packing", default="", help="CONTEXT/PREDICTOR packing, e.g. none/none (the pass per mask "
+                                               "generator, as before) or sequence/batch; '' keeps the config's")
   p.add_argument("--out", default="bench/results/memory_plan.jsonl")
   p.add_argument("--report", default="", help="print markdown tables from this JSONL and exit")
   args = p.parse_args(argv)

@@ -39,6 +39,7 @@ from jepa_jax import sharding  # noqa: E402
 from jepa_jax import train_state  # noqa: E402
 from jepa_jax import train_step as train_step_lib  # noqa: E402
 from jepa_jax.models import MODEL_SIZES, ModelDims, model_dims  # noqa: E402
+from jepa_jax import xla_cpu  # noqa: E402
 
 SIZE_KEYS = {"embed": "embed_dim", "depth": "depth", "heads": "num_heads", "crop": "crop_size",
              "frames": "num_frames", "pred_depth": "pred_depth", "pred_embed": "pred_embed_dim",
@@ -74,9 +75,14 @@ def parse_size(text: str) -> dict:
 
 
 def configure(config, *, per_device_batch: int, num_devices: int, dtype=None, attention=None, remat=None,
-              scan=None, size: dict | None = None, mesh_shape=None):
-  """Applies the benchmark's overrides to a config (in place) and returns it."""
+              scan=None, size: dict | None = None, mesh_shape=None, packing: str = ""):
+  """Applies the benchmark's overrides to a config (in place) and returns it.
+
+  packing: 'CONTEXT/PREDICTOR' packings of the mask generators (e.g. 'none/none', the official pass per generator).
+  """
   m = config.model
+  if packing:
+    m.context_packing, m.predictor_packing = packing.split("/")
   for key, value in (size or {}).items():
     m[key] = value
   if dtype:
@@ -348,6 +354,7 @@ def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, round
   row = {
       "run": label or config.model.name, "device": getattr(devices[0], "device_kind", devices[0].platform),
       "num_devices": len(devices), "dtype": config.model.dtype, "attention": config.model.attention_impl,
+      "packing": f"{config.model.context_packing}/{config.model.predictor_packing}",
       "remat": config.model.remat, "scan": bool(config.model.scan_layers), "per_device_batch": per_device,
       "tokens_per_clip": dims.num_tokens, "num_context": [s.num_context for s in specs],
       "num_target": [s.num_target for s in specs],
@@ -391,7 +398,9 @@ def main(argv=None) -> int:
                  help="config file (configs/vitl16.py), shipped config name (vitl16) or model zoo name (vit_large)")
   p.add_argument("--batch", type=int, default=8, help="clips per device")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: the config's)")
-  p.add_argument("--attention", help="'' / default, xla or cudnn (default: the config's)")
+  p.add_argument("--attention", help="'' / default, xla, cudnn or splash (default: the config's)")
+  p.add_argument("--packing", default="", help="CONTEXT/PREDICTOR packing of the mask generators: sequence, batch "
+                                               "or none each (default: the config's)")
   p.add_argument("--remat", choices=("none", "full", "dots", "dots_no_batch"))
   p.add_argument("--scan", type=int, choices=(0, 1), help="scan over layers (1) or unrolled (0)")
   p.add_argument("--size", default="", help="model overrides: embed=,depth=,heads=,crop=,frames=,pred_depth=,"
@@ -405,12 +414,16 @@ def main(argv=None) -> int:
   p.add_argument("--label", default="", help="name of the run in the table")
   p.add_argument("--json", default="", help="append the row as one JSON line to this file")
   p.add_argument("--no-header", action="store_true", help="print only the row")
+  p.add_argument("--xla-cpu-defaults", action="store_true",
+                 help="leave out the XLA:CPU flags python -m jepa_jax.main sets (jepa_jax/xla_cpu.py)")
   args = p.parse_args(argv)
+  if not args.xla_cpu_defaults:
+    xla_cpu.set_default_flags()  # as jepa_jax/main.py does; read when jax starts its backends, just below
 
   config = load_config(args.config)
   configure(config, per_device_batch=args.batch, num_devices=jax.device_count(), dtype=args.dtype,
             attention=args.attention, remat=args.remat, scan=args.scan, size=parse_size(args.size),
-            mesh_shape=(-1, 1, 1))
+            mesh_shape=(-1, 1, 1), packing=args.packing)
   row = run_benchmark(config, steps=args.steps, warmup=args.warmup, compare_torch=args.compare_torch,
                       rounds=args.rounds, label=args.label, torch_threads=args.torch_threads,
                       torch_only=args.torch_only)

@@ -45,7 +45,7 @@ def validate_model(model, platform: str | None = None) -> None:
   try:
     attention.resolve(model.attention_impl, platform or jax.default_backend(), model.dtype)
     packing.check(model.context_packing, "config.model.context_packing")
-    packing.check(model.predictor_packing, "config.model.predictor_packing")
+    packing.check(model.predictor_packing, "config.model.predictor_packing", allow_auto=True)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   validate_positions(model)

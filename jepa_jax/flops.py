@@ -60,3 +60,30 @@ def train_step_flops_from_config(config, specs) -> dict:
       pred_embed_dim=d.pred_embed_dim, pred_depth=d.pred_depth, pred_mlp_hidden=d.pred_mlp_hidden,
       num_context=tuple(s.num_context for s in specs), num_target=tuple(s.num_target for s in specs),
       batch=config.data.batch_size, patch_dim=d.patch_dim)
+
+
+def packing_waste_flops(*, embed_dim: int, depth: int, mlp_hidden: int, pred_embed_dim: int, pred_depth: int,
+                        pred_mlp_hidden: int, num_context: Sequence[int], num_target: Sequence[int], batch: int,
+                        context_packing: str, predictor_packing: str, dense_attention: bool = True) -> dict:
+  """FLOPs (forward + backward, `batch` clips) that one pass for all mask generators computes beyond the pass per
+  generator (jepa_jax/models/packing.py); not part of the model FLOPs above.
+
+  'batch' packing runs every layer on the padding up to the longest generator; 'sequence' packing computes the
+  masked cross-generator attention logits when the kernel is dense (xla, cudnn; dense_attention=False for splash,
+  which skips those blocks, up to its 128-token tiles). The linear layers cancel in the sequence case.
+  """
+  def waste(lengths, dim, hidden, layers, packing):
+    exact = sum(block_flops(n, dim, hidden) for n in lengths)
+    if packing == "batch":
+      packed = len(lengths) * block_flops(max(lengths), dim, hidden)
+    elif packing == "sequence" and dense_attention:
+      packed = block_flops(sum(lengths), dim, hidden)
+    else:
+      packed = exact
+    return 3 * layers * (packed - exact)
+
+  sequences = [c + t for c, t in zip(num_context, num_target, strict=True)]
+  out = {"context": batch * waste(num_context, embed_dim, mlp_hidden, depth, context_packing),
+         "predictor": batch * waste(sequences, pred_embed_dim, pred_mlp_hidden, pred_depth, predictor_packing)}
+  out["total"] = sum(out.values())
+  return {k: float(v) for k, v in out.items()}

@@ -53,6 +53,9 @@ def main(argv):
   if config.mode not in _MODES:
     from jepa_jax.config_validation import ConfigError
     raise ConfigError(f"config.mode={config.mode!r}; use 'pretrain' or 'probe'.")
+  # XLA:CPU options the step runs faster with (jepa_jax/xla_cpu.py), set before jax starts its backends.
+  from jepa_jax import xla_cpu
+  xla_cpu.set_default_flags()
   # Imported after flag parsing so that --xla flags in the environment are read before jax starts.
   from jepa_jax import distributed
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value)

@@ -45,9 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   # "" picks per platform (TPU: "splash", GPU: "cudnn" for bf16, CPU: "xla"); see jepa_jax/models/attention.py.
   model.attention_impl = ""
   # One pass for all mask generators: "sequence" (side by side, block-diagonal attention), "batch" (stacked, padded)
-  # or "none" (one pass per generator, the official structure). See jepa_jax/models/packing.py.
+  # or "none" (one pass per generator, the official structure); the predictor's "" picks the measured best for the
+  # kernel (splash: "sequence", cudnn/xla on accelerators: "batch", CPU: "none"). See jepa_jax/models/packing.py.
   model.context_packing = "sequence"
-  model.predictor_packing = "batch"
+  model.predictor_packing = ""
   model.remat = "none"  # "none" | "full" | "dots" (save matmul outputs) | "dots_no_batch".
   model.scan_layers = False
 

@@ -2,8 +2,9 @@
 that tells it which keys each query may see.
 
 Three kernels compute the same function (softmax(q k^T / sqrt(hd)) v, logits and softmax in float32):
-- 'xla': jax.nn.dot_product_attention's XLA path. Materialises the [B, H, N, N] logits; without remat the backward
-  keeps the float32 softmax of every layer (84 GiB of ViT-L's 119.5 GiB at 24 clips per chip, docs/performance.md).
+- 'xla': dense attention written out in XLA (the numbers of jax.nn.dot_product_attention's XLA path, laid out heads
+  first). Materialises the [B, H, N, N] logits; without remat the backward keeps the float32 softmax of every
+  layer (84 GiB of ViT-L's 119.5 GiB at 24 clips per chip, docs/performance.md).
 - 'cudnn': jax.nn.dot_product_attention(implementation='cudnn'), cuDNN's fused flash attention on NVIDIA GPUs
   (bfloat16/float16 only).
 - 'splash': Pallas splash attention for TPU (jax.experimental.pallas.ops.tpu.splash_attention), a flash attention
@@ -130,10 +131,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implement
     raise ValueError(f"layout.segments {layout.segments} sum to {segment_ids.shape[0]}, not the {q.shape[1]} tokens")
   if impl == "splash":
     return _splash_attention(q, k, v, segment_ids, layout.kv_lengths)
+  if impl == "xla":
+    return _xla_attention(q, k, v, segment_ids, layout.kv_lengths)
   n = q.shape[1]
   mask = None
   if segment_ids is not None and len(layout.segments) > 1:
-    if impl == "cudnn" and n % 2:
+    if n % 2:
       # cuDNN takes the mask as an additive bias and then wants even lengths in training: one padding token in a
       # segment of its own (so its row is not empty), dropped after.
       pad = lambda x: jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
@@ -147,14 +150,37 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implement
                                       implementation=impl)
 
 
+def _xla_attention(q, k, v, segment_ids: np.ndarray | None, kv_lengths: jax.Array | None) -> jax.Array:
+  """Dense attention, heads first: the same numbers as jax.nn.dot_product_attention's XLA path (float32 logits
+  and softmax, probabilities cast to v's dtype), without its vmap over head groups, after which XLA:CPU reduced
+  the softmax gradient across a strided axis and copied the logits around (docs/performance.md "CPU step")."""
+  hd = q.shape[-1]
+  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))  # [B, H, N, hd]
+  # As jax.nn: bf16 inputs accumulate in f32 in both directions (jax issue 24047 has the mixed-precision pitfall).
+  precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32, precision=precision)
+  logits = logits * jnp.float32(1.0 / math.sqrt(hd))
+  mask = None
+  if segment_ids is not None and len(np.unique(segment_ids)) > 1:
+    mask = jnp.asarray(_block_diagonal(segment_ids))[None, None]
+  if kv_lengths is not None:
+    keys = jnp.arange(k.shape[2])[None, None, None, :] < kv_lengths[:, None, None, None]
+    mask = keys if mask is None else mask & keys
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.float32(-0.7 * np.finfo(np.float32).max))
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3)
+
+
 # Splash attention --------------------------------------------------------------------------------------------
 
 _LANES = 128  # splash's key blocks are multiples of the TPU lane width
 
 
-def _splash_block(padded_len: int) -> int:
-  """The largest of 512/256/128 tokens that tiles the padded sequence (bigger tiles keep the MXU busier)."""
-  return next(b for b in (512, 256, 128) if padded_len % b == 0)
+def _splash_block(padded_len: int, segmented: bool) -> int:
+  """Tile size: 128 tokens when segments are packed (so more cross-segment tiles are skipped), else the largest of
+  512/256/128 that tiles the padded sequence (bigger tiles keep the MXU busier)."""
+  return next(b for b in (512, 256, 128) if padded_len % b == 0 and not (segmented and b > _LANES))
 
 
 def _splash_kernel(num_heads: int, ids: np.ndarray, interpret: bool):
@@ -164,11 +190,9 @@ def _splash_kernel(num_heads: int, ids: np.ndarray, interpret: bool):
   """
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
   n = ids.shape[0]
-  if np.all(ids == ids[0]):
-    head_mask = splash.FullMask((n, n))
-  else:
-    head_mask = splash.NumpyMask(_block_diagonal(ids))
-  block = _splash_block(n)
+  segmented = not np.all(ids == ids[0])
+  head_mask = splash.NumpyMask(_block_diagonal(ids)) if segmented else splash.FullMask((n, n))
+  block = _splash_block(n, segmented)
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                             block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
   return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * num_heads), block_sizes=sizes, head_shards=1,

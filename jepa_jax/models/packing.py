@@ -11,9 +11,12 @@ pack them exist, and both compute exactly the per-generator function:
   (TokenLayout kv_lengths). Every layer works on the padding: a waste where the lengths differ a lot.
 - 'none': one pass per generator, the official structure.
 
-Measured (docs/performance.md, "One pass for both mask generators"): the context encoder packs along the sequence
-(362 and 101 context tokens at 224 px: batch packing would add 72% padding), the predictor along the batch
-(1116 and 1203 tokens: 4% padding, while dense attention over the packed sequence would double its logits).
+Measured (docs/performance.md, "One pass for both mask generators"), ViT-L/16 at 224 px: the context encoder
+packs along the sequence (362 and 101 context tokens: batch packing would spend 56% more context-encoder FLOPs on
+padding, the dense cross-generator logits cost 2.4%). The predictor (1116 and 1203 tokens) packs along the
+sequence under splash, which skips the cross-generator blocks; along the batch under dense kernels (4.9% of its
+FLOPs on padding, against 33% for dense logits over the packed sequence); not at all on the CPU, where neither
+paid for its extra work (models/packing.predictor_packing_for).
 
 Rows of a batch-packed array are interleaved (row b * G + g is clip b of generator g), so a batch sharded over
 devices stays where it is: no data moves between chips.
@@ -28,9 +31,19 @@ import jax.numpy as jnp
 PACKINGS = ("sequence", "batch", "none")
 
 
-def check(packing: str, field: str) -> None:
-  if packing not in PACKINGS:
-    raise ValueError(f"{field}={packing!r}; use one of {PACKINGS}.")
+def check(packing: str, field: str, allow_auto: bool = False) -> None:
+  if packing not in PACKINGS and not (allow_auto and packing == ""):
+    raise ValueError(f"{field}={packing!r}; use one of {PACKINGS}" + (" or '' (by kernel)." if allow_auto else "."))
+
+
+def predictor_packing_for(kernel: str, platform: str) -> str:
+  """The predictor's packing when config.model.predictor_packing is '' (docs/performance.md, "One pass for both
+  mask generators"): 'sequence' where the kernel skips the masked cross-generator blocks (splash); 'batch' for the
+  dense kernels of accelerators, which would compute all of those logits; 'none' on the CPU, where neither
+  packing paid for its extra logits or padding."""
+  if kernel == "splash":
+    return "sequence"
+  return "none" if platform == "cpu" else "batch"
 
 
 def pack_sequence(parts: Sequence[jax.Array]) -> jax.Array:
@@ -61,8 +74,3 @@ def unpack_batch(x: jax.Array, lengths: Sequence[int]) -> list[jax.Array]:
   """Inverse of pack_batch: [B * G, L, ...] -> [B, K_g, ...] per generator."""
   grouped = x.reshape(-1, len(lengths), *x.shape[1:])
   return [grouped[:, g, :k] for g, k in enumerate(lengths)]
-
-
-def padding_fraction(lengths: Sequence[int]) -> float:
-  """Share of batch-packed tokens that are padding."""
-  return 1.0 - sum(lengths) / (len(lengths) * max(lengths))

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jepa_jax.models import attention
 from jepa_jax.models import layers
 from jepa_jax.models import packing as packing_lib
 from jepa_jax.models.attention import TokenLayout
@@ -43,6 +44,7 @@ class VisionTransformerPredictor(nnx.Module):
     self.uniform_power = uniform_power
     self.use_rope = pos_embed == "rope"
     self.remat, self.scan_layers = remat, scan_layers
+    self.attention_impl, self.dtype = attention_impl, dtype
     self.grid = (num_frames // tubelet_size, img_size // patch_size, img_size // patch_size)
     self.num_patches = self.grid[0] * self.grid[1] * self.grid[2]
 
@@ -82,14 +84,19 @@ class VisionTransformerPredictor(nnx.Module):
     return first_mask_index + (generator if self.mask_token_rule == "generator" else 0)
 
   def predict_masks(self, context_tokens: Sequence[jax.Array], context_indices: Sequence[jax.Array],
-                    target_indices: Sequence[jax.Array], packing: str = "batch",
+                    target_indices: Sequence[jax.Array], packing: str = "",
                     first_mask_index: int = 0) -> list[jax.Array]:
     """Predictions [B, Kt_g, D] for mask generators g = 0, 1, ... (mask token self.mask_index(g, first_mask_index)).
 
     'none' runs the blocks once per generator, as the official PredictorMultiMaskWrapper; 'sequence' and 'batch'
-    run them once over all generators (jepa_jax/models/packing.py). All three compute the same numbers.
+    run them once over all generators (jepa_jax/models/packing.py), '' picks by attention kernel. All compute the
+    same numbers.
     """
-    packing_lib.check(packing, "config.model.predictor_packing")
+    packing_lib.check(packing, "config.model.predictor_packing", allow_auto=True)
+    if not packing:
+      platform = attention.current_platform()
+      packing = packing_lib.predictor_packing_for(attention.resolve(self.attention_impl, platform, self.dtype),
+                                                  platform)
     sequences = [self._tokens(z, c, t, self.mask_index(g, first_mask_index))
                  for g, (z, c, t) in enumerate(zip(context_tokens, context_indices, target_indices))]
     positions = [jnp.concatenate([c, t], axis=1).astype(jnp.int32) for c, t in zip(context_indices, target_indices)]
