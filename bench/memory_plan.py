@@ -152,19 +152,23 @@ def _plan_key(r: dict) -> tuple:
   return _key(r)[:6] + _key(r)[7:9]
 
 
-def fit_step_time(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
+def fit_step_time(points: list[tuple[int, int, float]], b_pred: float | None = None) -> tuple[float, float, float]:
   """Least squares t = a + b_enc * depth + b_pred * pred_depth over (depth, pred_depth, optimal_seconds) points.
 
   Why: the TPU compiler's cost analysis visits a while body once, so a scanned program's optimal_seconds does not
   grow with depth (checked: ViT-L, v5p, B=4, scanned depth 2 and 4 read 0.01427 and 0.01430 s; unrolled, 0.0261 and
   0.0348 s). Unrolled, every block is counted, and each stack's blocks are identical, so the step's estimate is
   linear in the two depths; small unrolled compiles give a, b_enc and b_pred, read at the model's depths.
+  b_pred given (a plan with the same predictor blocks on the same tokens, e.g. ViT-L's for ViT-H, whose predictors
+  differ only in their in/out projections, which fall in a): two encoder depths suffice.
   """
-  if len({(d, p) for d, p, _ in points}) < 3:
-    raise ValueError(f"need 3 distinct (depth, pred_depth) points for the fit, got {points}")
-  design = np.array([[1.0, d, p] for d, p, _ in points])
-  a, b_enc, b_pred = np.linalg.lstsq(design, np.array([t for _, _, t in points]), rcond=None)[0]
-  return float(a), float(b_enc), float(b_pred)
+  columns = 3 if b_pred is None else 2
+  if len({(d, p) for d, p, _ in points}) < columns:
+    raise ValueError(f"need {columns} distinct (depth, pred_depth) points for the fit, got {points}")
+  design = np.array([[1.0, d, p][:columns] for d, p, _ in points])
+  known = 0.0 if b_pred is None else b_pred
+  coef = np.linalg.lstsq(design, np.array([t - known * p for _, p, t in points]), rcond=None)[0]
+  return float(coef[0]), float(coef[1]), float(coef[2] if b_pred is None else b_pred)
 
 
 def _depths(size: str) -> tuple[int, int]:
@@ -222,21 +226,38 @@ def step_estimates(rows: list[dict]) -> dict:
 
   Points at the depths of FIT_DEPTHS make the fit; any other unrolled depths of the same plan validate it (the
   relative error of the fit's prediction there is reported)."""
-  groups = {}
+  groups, predictors = {}, {}
   for r in rows:
     if not r["scan"] and r.get("size") and r.get("fits") and "compiler_optimal_s" in r:
       groups.setdefault(_plan_key(r), []).append((*_depths(r["size"]), r["compiler_optimal_s"]))
+      predictors[_plan_key(r)] = _predictor_of(r)
   out = {}
-  for key, points in groups.items():
+  for key in sorted(groups, key=lambda k: -len(groups[k])):  # the 3-point fits first: they lend their b_pred
+    points = groups[key]
     fit_points = [pt for pt in points if pt[:2] in FIT_DEPTHS]
-    if len(fit_points) < len(FIT_DEPTHS):
-      continue
-    a, b_enc, b_pred = fit_step_time(fit_points)
+    if len(fit_points) == len(FIT_DEPTHS):
+      a, b_enc, b_pred = fit_step_time(fit_points)
+      source = "fit"
+    else:  # two encoder depths and the b_pred of a plan with the same predictor on the same tokens
+      fit_points = [pt for pt in points if pt[:2] in FIT_DEPTHS and pt[1] == 1]
+      donor = next((k for k in out if out[k]["source"] == "fit" and k[1:] == key[1:]
+                    and predictors[k] == predictors[key]), None)
+      if len(fit_points) < 2 or donor is None:
+        continue
+      a, b_enc, b_pred = fit_step_time(fit_points, b_pred=out[donor]["b_pred"])
+      source = f"b_pred of {donor[0]}"
     depth, pred_depth = _model_depths(key[0])
     checks = [(d, p, t, (a + b_enc * d + b_pred * p) / t - 1) for d, p, t in points if (d, p) not in FIT_DEPTHS]
     out[key] = {"a": a, "b_enc": b_enc, "b_pred": b_pred, "estimate_s": a + b_enc * depth + b_pred * pred_depth,
-                "depths": (depth, pred_depth), "checks": checks}
+                "depths": (depth, pred_depth), "checks": checks, "source": source}
   return out
+
+
+def _predictor_of(r: dict) -> tuple:
+  """What fixes a predictor block's cost: its width, depth-independent sizes and the tokens it runs on."""
+  dims = models.model_dims(bench.load_config(r["model"]).model)
+  return (dims.pred_embed_dim, dims.pred_num_heads, dims.pred_mlp_hidden, tuple(r.get("num_context", ())),
+          tuple(r.get("num_target", ())))
 
 
 def report(path: str) -> str:
@@ -262,12 +283,13 @@ def report(path: str) -> str:
   lines += ["", "Compiler-estimated step time at full depth, t = a + b_enc * depth + b_pred * pred_depth fitted to "
             "unrolled compiles at (depth, pred_depth) = " + ", ".join(map(str, FIT_DEPTHS)) + ":", "",
             "| model | topology | B/chip | attention | packing | remat | a s | b_enc s | b_pred s | depths "
-            "| estimate s | check: unrolled (depth, pred_depth) compiler s, fit error |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| estimate s | from | check: unrolled (depth, pred_depth) compiler s, fit error |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for key, e in sorted(estimates.items()):
     checks = "; ".join(f"({d}, {p}) {t:.4f}, {100 * err:+.1f}%" for d, p, t, err in e["checks"]) or "none"
     lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[6]} | {key[7]} | {key[3]} | {e['a']:.4f} | "
-                 f"{e['b_enc']:.5f} | {e['b_pred']:.5f} | {e['depths']} | {e['estimate_s']:.3f} | {checks} |")
+                 f"{e['b_enc']:.5f} | {e['b_pred']:.5f} | {e['depths']} | {e['estimate_s']:.3f} | {e['source']} | "
+                 f"{checks} |")
   return "\n".join(lines)
 
 

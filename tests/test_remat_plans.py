@@ -68,3 +68,13 @@ def test_validation_accepts_auto_and_names_the_choices_for_a_wrong_remat():
   model.remat = "light"
   with pytest.raises(config_validation.ConfigError, match=r"config\.model\.remat='light'.*'auto'"):
     config_validation.validate_model(model, platform="cpu")
+
+
+@pytest.mark.parametrize("name", ["vitl16"])
+def test_the_shipped_config_takes_a_remat_lighter_than_full_on_v5p_at_24_clips_per_chip(name):
+  """Issue 15's target, as the table records it: the default config at the official 24 clips per v5p chip."""
+  model = config_files.load(name).model
+  assert model.remat == "auto"
+  kernel = "splash"  # attention_impl '' on TPU (jepa_jax/models/attention.py)
+  assert remat_plans.resolve(model, "TPU v5", 24, kernel) in ("none", "dots", "dots_no_batch")
+  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v6 lite", 24)[0] == "full"
