@@ -70,7 +70,7 @@ def test_validation_accepts_auto_and_names_the_choices_for_a_wrong_remat():
     config_validation.validate_model(model, platform="cpu")
 
 
-@pytest.mark.parametrize("name", ["vitl16"])
+@pytest.mark.parametrize("name", ["vitl16", "vith16"])
 def test_the_shipped_config_takes_a_remat_lighter_than_full_on_v5p_at_24_clips_per_chip(name):
   """Issue 15's target, as the table records it: the default config at the official 24 clips per v5p chip."""
   model = config_files.load(name).model
