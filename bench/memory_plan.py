@@ -27,6 +27,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 # Before jax loads libtpu (reference/aot_tpu_on_cpu.md "Env vars").
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -253,6 +254,14 @@ def step_estimates(rows: list[dict]) -> dict:
   return out
 
 
+def _analytic_flops(r: dict) -> float:
+  """Model FLOPs per chip of the full-depth plan behind a fit row (its token counts, the model's depths)."""
+  config = bench.load_config(r["model"])
+  bench.configure(config, per_device_batch=r["per_device_batch"], num_devices=r["devices"])
+  specs = [SimpleNamespace(num_context=c, num_target=t) for c, t in zip(r["num_context"], r["num_target"])]
+  return bench.step_flops_per_device(config, specs, r["devices"])
+
+
 def _predictor_of(r: dict) -> tuple:
   """What fixes a predictor block's cost: its width, depth-independent sizes and the tokens it runs on."""
   dims = models.model_dims(bench.load_config(r["model"]).model)
@@ -264,12 +273,17 @@ def report(path: str) -> str:
   rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
   estimates = step_estimates(rows)
   full = [r for r in rows if not r.get("size")]
+  for key in set(estimates) - {_plan_key(r) for r in full}:  # an estimate whose full-depth compile is not in the file
+    fit_row = next(r for r in rows if r.get("size") and _plan_key(r) == key)
+    full.append({**fit_row, "size": "", "scan": True, "fits": None, "analytic_flops": _analytic_flops(fit_row)})
   full.sort(key=lambda r: (r["model"], r["hbm_gib"], r["per_device_batch"], _key(r)[7], r["remat"]))
   lines = ["| model | topology (HBM/chip) | chips | FSDP | B/chip | attention | packing | remat | fits | peak GiB/chip "
            "| state+batch GiB | compiler-estimated step s/chip | model TFLOP/chip | compiler-estimated utilisation |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in full:
     fits = "yes" if r["fits"] else ("no (needs %.1f GiB)" % r["required_gib"] if "required_gib" in r else "no")
+    if r["fits"] is None:
+      fits, r = "memory not compiled", {k: v for k, v in r.items() if k not in ("peak_gib", "argument_gib")}
     est = estimates.get(_plan_key(r))
     step = util = "not compiled"
     if est:
