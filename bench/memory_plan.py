@@ -229,7 +229,8 @@ def step_estimates(rows: list[dict]) -> dict:
   relative error of the fit's prediction there is reported)."""
   groups, predictors = {}, {}
   for r in rows:
-    if not r["scan"] and r.get("size") and r.get("fits") and "compiler_optimal_s" in r:
+    # libtpu 0.0.42.1 returns a negative optimal_seconds on v6e (and v5e) topologies: no estimate there.
+    if not r["scan"] and r.get("size") and r.get("fits") and r.get("compiler_optimal_s", -1) > 0:
       groups.setdefault(_plan_key(r), []).append((*_depths(r["size"]), r["compiler_optimal_s"]))
       predictors[_plan_key(r)] = _predictor_of(r)
   out = {}

@@ -77,4 +77,4 @@ def test_the_shipped_config_takes_a_remat_lighter_than_full_on_v5p_at_24_clips_p
   assert model.remat == "auto"
   kernel = "splash"  # attention_impl '' on TPU (jepa_jax/models/attention.py)
   assert remat_plans.resolve(model, "TPU v5", 24, kernel) in ("none", "dots", "dots_no_batch")
-  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v6 lite", 24)[0] == "full"
+  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5 lite", 24)[0] == "full"
