@@ -6,10 +6,10 @@ transforms (`EvalVideoTransform`: short side to res, 3 crops along the long side
 int(res 256/224) + centre crop). Images: timm's `create_transform(is_training=True, auto_augment='original',
 interpolation='bicubic', re_prob=0.25, re_mode='pixel', re_count=1)` and the torchvision val transform.
 
-Everything returns uint8: normalisation by the ImageNet mean/std happens on the device (docs/reference.md §10,
-row 8), which is linear, so crops and resizes commute with it up to uint8 rounding. Randomness comes only from the numpy Generator
-passed in (grain's per-element generator); the official code draws from Python's `random` and numpy's global
-state, so the distributions match but not the streams.
+Everything returns uint8: normalisation by the ImageNet mean/std happens on the device (docs/reference.md §10, row
+8), which is linear, so crops and resizes commute with it up to uint8 rounding. Randomness comes only from the numpy
+Generator passed in (grain's per-element generator); the official code draws from Python's `random` and numpy's
+global state, so the distributions match but not the streams.
 
 Random erasing and uint8. The official erasing runs *after* normalisation and fills the box with N(0, 1) noise in
 normalised units (mode 'pixel'). We draw that same noise z, map it to pixels, 255 (mean_c + std_c z), round and
