@@ -166,9 +166,9 @@ def apply_ops(frames, ops, *, fill, resample=_BICUBIC):
 class RandAugment:
   """timm-style RandAugment from a config string such as 'rand-m7-n4-mstd0.5-inc1'.
 
-  Official video version (src/datasets/utils/video/randaugment.py, docs/reference.md §5.4 / §6.2):
-  n ops drawn uniformly with replacement; each applies with p 0.5, magnitude ~ N(m, mstd) clipped to [0, 10], a random sign where the
-  op has one. The draw happens once per clip and is applied to every frame. Fill grey (128, 128, 128): the
+  Official video version (src/datasets/utils/video/randaugment.py, docs/reference.md §5.4 / §6.2): n ops drawn
+  uniformly with replacement; each applies with p 0.5, magnitude ~ N(m, mstd) clipped to [0, 10], a random sign
+  where the op has one. The draw happens once per clip and is applied to every frame. Fill grey (128, 128, 128): the
   official create_random_augment passes no img_mean; resampling bicubic.
   """
 
