@@ -4,7 +4,9 @@ Counts the matmuls only (2 FLOPs per multiply-add); LayerNorm, softmax, GELU and
 below 1% at ViT-L scale. Forward+backward is 3x forward (the backward computes input and weight gradients).
 The official forward embeds all N patches and gathers the context tokens afterwards (docs/reference.md §2.2), so the
 context encoder's patch embedding runs on all tokens; its backward needs only the weight gradient (the input is
-pixels), so it counts 2x, not 3x.
+pixels), so it counts 2x, not 3x. These are the official step's FLOPs (a pass per mask generator) whatever
+config.model.context_packing says: the packed pass (jepa_jax/models/packing.py) embeds the patches once for both
+generators, so it does somewhat fewer (tests/test_bench.py compares this count with XLA's on the official pass).
 """
 from typing import Sequence
 
