@@ -2,7 +2,7 @@
 
 libtpu (jax[tpu] for the pinned jax) gives compile-only TPU devices; the real TPU compiler then reports per-chip
 memory (peak_memory_in_bytes) and refuses an over-budget program with the same HBM out-of-memory error as the
-hardware (../shared/reference/aot_tpu_on_cpu.md). A compile-time OOM is recorded as "does not fit".
+hardware (bench/README.md, memory_plan.py). A compile-time OOM is recorded as "does not fit".
 
   python bench/memory_plan.py --models=vitl16,vith16 --topologies=v5e,v5p --batches=8,16,24 --remat=none,full \\
       --out=bench/results/memory_plan.jsonl          # appends one JSON line per compile; skips ones already there
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-# Before jax loads libtpu (reference/aot_tpu_on_cpu.md "Env vars").
+# Before jax loads libtpu: CPU as the default platform, no metadata-server query, one local host.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")

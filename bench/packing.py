@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 
 from input_pipeline import masks as masks_lib  # noqa: E402
 from jepa_jax import flops  # noqa: E402
+from jepa_jax.models import model_dims  # noqa: E402
 
 VARIANTS = "none/none,sequence/batch,sequence/sequence,batch/batch,batch/sequence"
 AOT_SIZE = "embed=128,depth=2,heads=4,crop=64,frames=8,pred_depth=2,pred_embed=64"
@@ -54,19 +55,20 @@ def _configure(args, context_packing: str, predictor_packing: str, *, per_device
 
 def analytic(config, per_device_batch: int, dense_attention: bool) -> dict:
   specs = masks_lib.mask_specs_from_config(config, per_device_batch)
-  d = bench.model_dims(config, specs)
-  model = bench.analytic_step_flops(d, per_device_batch)
+  d = model_dims(config.model)
+  num_context, num_target = tuple(s.num_context for s in specs), tuple(s.num_target for s in specs)
+  model = bench.step_flops_per_device(config, specs, config.data.batch_size // per_device_batch)
   waste = flops.packing_waste_flops(
       embed_dim=d.embed_dim, depth=d.depth, mlp_hidden=d.mlp_hidden, pred_embed_dim=d.pred_embed_dim,
-      pred_depth=d.pred_depth, pred_mlp_hidden=d.pred_mlp_hidden, num_context=d.num_context,
-      num_target=d.num_target, batch=per_device_batch, context_packing=config.model.context_packing,
+      pred_depth=d.pred_depth, pred_mlp_hidden=d.pred_mlp_hidden, num_context=num_context,
+      num_target=num_target, batch=per_device_batch, context_packing=config.model.context_packing,
       predictor_packing=config.model.predictor_packing, dense_attention=dense_attention)
   # Packed, the context encoder embeds the patches once instead of once per generator (forward + weight gradient).
-  patch = 2 * d.num_tokens * 3 * d.tubelet_size * d.patch_size ** 2 * d.embed_dim
+  patch = 2 * d.num_tokens * d.patch_dim * d.embed_dim
   saved = 0 if config.model.context_packing == "none" else (len(specs) - 1) * 2 * patch * per_device_batch
   return {"model_gflop": model / 1e9, "waste_gflop": waste["total"] / 1e9, "saved_gflop": saved / 1e9,
           "waste_context_gflop": waste["context"] / 1e9, "waste_predictor_gflop": waste["predictor"] / 1e9,
-          "tokens": (d.num_context, d.num_target)}
+          "tokens": (num_context, num_target)}
 
 
 def tpu_cost(args, variant) -> dict:

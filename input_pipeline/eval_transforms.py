@@ -1,4 +1,4 @@
-"""The frozen-evaluation transforms (reference 6.2, 6.3) on uint8 arrays, in numpy, OpenCV and PIL.
+"""The frozen-evaluation transforms (docs/reference.md §6.2, §6.3) on uint8 arrays, in numpy, OpenCV and PIL.
 
 Video: the official `VideoTransform(training=True)` (RandAugment 'rand-m7-n4-mstd0.5-inc1' with one set of op
 parameters for the whole clip, random resized crop (0.08, 1), no flip, cube random erasing) and the two test
@@ -6,10 +6,10 @@ transforms (`EvalVideoTransform`: short side to res, 3 crops along the long side
 int(res 256/224) + centre crop). Images: timm's `create_transform(is_training=True, auto_augment='original',
 interpolation='bicubic', re_prob=0.25, re_mode='pixel', re_count=1)` and the torchvision val transform.
 
-Everything returns uint8: normalisation by the ImageNet mean/std happens on the device (DESIGN.md), which is
-linear, so crops and resizes commute with it up to uint8 rounding. Randomness comes only from the numpy Generator
-passed in (grain's per-element generator); the official code draws from Python's `random` and numpy's global
-state, so the distributions match but not the streams.
+Everything returns uint8: normalisation by the ImageNet mean/std happens on the device (docs/reference.md §10, row
+8), which is linear, so crops and resizes commute with it up to uint8 rounding. Randomness comes only from the numpy
+Generator passed in (grain's per-element generator); the official code draws from Python's `random` and numpy's
+global state, so the distributions match but not the streams.
 
 Random erasing and uint8. The official erasing runs *after* normalisation and fills the box with N(0, 1) noise in
 normalised units (mode 'pixel'). We draw that same noise z, map it to pixels, 255 (mean_c + std_c z), round and
@@ -166,9 +166,9 @@ def apply_ops(frames, ops, *, fill, resample=_BICUBIC):
 class RandAugment:
   """timm-style RandAugment from a config string such as 'rand-m7-n4-mstd0.5-inc1'.
 
-  Official video version (src/datasets/utils/video/randaugment.py, reference 5.4 / 6.2): n ops drawn uniformly
-  with replacement; each applies with p 0.5, magnitude ~ N(m, mstd) clipped to [0, 10], a random sign where the
-  op has one. The draw happens once per clip and is applied to every frame. Fill grey (128, 128, 128): the
+  Official video version (src/datasets/utils/video/randaugment.py, docs/reference.md §5.4 / §6.2): n ops drawn
+  uniformly with replacement; each applies with p 0.5, magnitude ~ N(m, mstd) clipped to [0, 10], a random sign
+  where the op has one. The draw happens once per clip and is applied to every frame. Fill grey (128, 128, 128): the
   official create_random_augment passes no img_mean; resampling bicubic.
   """
 
@@ -295,7 +295,7 @@ def video_train_transform(clip, rng, *, crop_size, scale=(0.08, 1.0), ratio=(3 /
 
 
 def video_eval_views(clip, *, crop_size, num_views=3):
-  """uint8 [T, H, W, 3] -> uint8 [V, T, crop, crop, 3]: official EvalVideoTransform (reference 6.2).
+  """uint8 [T, H, W, 3] -> uint8 [V, T, crop, crop, 3]: official EvalVideoTransform (docs/reference.md §6.2).
 
   Short side to crop_size (not 256/224), then num_views crops along the long side starting at i * step with
   step = (long - crop) // (num_views - 1); a square frame gives num_views identical crops, as the official.

@@ -1,4 +1,4 @@
-"""Image classification sources for the frozen image evaluation (reference 6.3): image folders and TFDS.
+"""Image classification sources for the frozen image evaluation (docs/reference.md §6.3): image folders and TFDS.
 
 Both are grain random-access sources (__len__, __getitem__) giving {'image': uint8 [H, W, 3] RGB, 'label': int,
 'skipped': int32}. The official eval reads torchvision ImageFolder at {root}/{train,val}/<class>/...; classes are

@@ -1,4 +1,4 @@
-"""Multiblock 3D masks: the official V-JEPA collator's algorithm with fixed token counts (reference §3).
+"""Multiblock 3D masks: the official V-JEPA collator's algorithm with fixed token counts (docs/reference.md §3).
 
 Per batch and mask generator, one block shape (t, h, w) is shared by every sample; each sample places
 `num_blocks` blocks of that shape independently; the union of the blocks is the target set and its complement the
@@ -64,7 +64,7 @@ def _block_shape(spec: MaskGeneratorSpec, grid, u_t: float, u_s: float, u_ar: fl
   t = max(1, int(duration * (spec.temporal_scale[0] + u_t * (spec.temporal_scale[1] - spec.temporal_scale[0]))))
   k = int(height * width * (spec.spatial_scale[0] + u_s * (spec.spatial_scale[1] - spec.spatial_scale[0])))
   ar = spec.aspect_ratio[0] + u_ar * (spec.aspect_ratio[1] - spec.aspect_ratio[0])
-  # Official quirk (§3): Python's round (half to even), then clipped to the grid.
+  # Official quirk (docs/reference.md §3): Python's round (half to even), then clipped to the grid.
   h = min(int(round(math.sqrt(k * ar))), height)
   w = min(int(round(math.sqrt(k / ar))), width)
   return t, h, w
@@ -83,7 +83,8 @@ def _target_masks(shape, num_blocks, grid, max_temporal_keep, n, rng) -> np.ndar
   duration, height, width = grid
   shape = np.broadcast_to(np.asarray(shape, np.int64), (n, 3))
   t, h, w = (shape[:, i, None] for i in range(3))  # [n, 1]
-  # Positions: independent per sample and per block, uniform over every placement inside the grid (§3 step 3).
+  # Positions: independent per sample and per block, uniform over every placement inside the grid (docs/reference.md §3
+  # step 3).
   top = (rng.random((n, num_blocks)) * (height - h + 1)).astype(np.int64)
   left = (rng.random((n, num_blocks)) * (width - w + 1)).astype(np.int64)
   start = (rng.random((n, num_blocks)) * (duration - t + 1)).astype(np.int64)
@@ -92,8 +93,8 @@ def _target_masks(shape, num_blocks, grid, max_temporal_keep, n, rng) -> np.ndar
   in_w = _span(left, w, width)
   blocks = in_t[:, :, :, None, None] & in_h[:, :, None, :, None] & in_w[:, :, None, None, :]
   target = blocks.any(axis=1)
-  # Official quirk (§3 step 3): frames from max_context_duration on are zeroed in every block mask, so they are
-  # never context and always count as targets.
+  # Official quirk (docs/reference.md §3 step 3): frames from max_context_duration on are zeroed in every block mask,
+  # so they are never context and always count as targets.
   max_context_duration = max(1, int(duration * max_temporal_keep))
   target[:, max_context_duration:] = True
   return target.reshape(n, -1)
@@ -300,13 +301,14 @@ class MultiBlockMaskGenerator:
     for i, spec in enumerate(self.specs):
       target = self._sample(i, spec, batch_size, rng)
       context_masks.append(_first_k(~target, spec.num_context))
-      # Official truncation (§3 step 5): the lowest indices are kept, so late / bottom-right tokens are dropped.
+      # Official truncation (docs/reference.md §3 step 5): the lowest indices are kept, so late / bottom-right tokens
+      # are dropped.
       target_masks.append(_first_k(target, spec.num_target))
     return {"context_masks": tuple(context_masks), "target_masks": tuple(target_masks)}
 
   def _sample(self, index, spec, batch_size, rng) -> np.ndarray:
     """bool [B, N] targets; samples short of a fixed count are re-drawn with the batch's block shape."""
-    shape = _draw_shape(spec, self.grid, rng)  # one shape per batch (§3 step 1)
+    shape = _draw_shape(spec, self.grid, rng)  # one shape per batch (docs/reference.md §3 step 1)
     target = _target_masks(shape, spec.num_blocks, self.grid, spec.max_temporal_keep, batch_size, rng)
     for _ in range(_MAX_REDRAW_ROUNDS):
       num_target = target.sum(axis=1)

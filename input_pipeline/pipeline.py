@@ -1,4 +1,4 @@
-"""grain assembly of the host input pipeline (DESIGN.md "Data flow"; reference §5).
+"""grain assembly of the host input pipeline (docs/reference.md §5, §10).
 
   MapDataset.source(ClipIndex).shuffle(seed).repeat()      (or WeightedOrder with mixture weights)
     .random_map(DecodeClip)                                 PyAV, official frame indices; bad files replaced
@@ -100,7 +100,7 @@ class DecodeFailures:
 class DecodeClip(grain.transforms.RandomMap):
   """Decodes a record's clips; an unusable file is skipped with a warning and replaced by a random other record.
 
-  [official] The replacement is a uniformly random other index (reference §5.3); ours comes from the element's
+  [official] The replacement is a uniformly random other index (docs/reference.md §5.3); ours comes from the element's
   generator, so it is reproducible. DecodeFailures (one per worker) warns, counts and stops past the limits.
   """
 
@@ -161,7 +161,7 @@ def _readable(element: dict) -> bool:
 
 
 class Augment(grain.transforms.RandomMap):
-  """The official pretraining transform on the single clip of an element (reference §5.4)."""
+  """The official pretraining transform on the single clip of an element (docs/reference.md §5.4)."""
 
   def __init__(self, crop_size: int, scale, ratio, horizontal_flip: bool):
     self.crop_size = int(crop_size)
@@ -221,7 +221,7 @@ def _to_iter(ds: grain.MapDataset, num_workers: int, buffer: int) -> grain.IterD
   ds = ds.to_iter_dataset(read)
   if num_workers <= 0:
     return ds
-  from absl import flags  # grain's mp_prefetch reads an absl flag (DESIGN.md pitfalls)
+  from absl import flags  # grain's mp_prefetch reads an absl flag; unparsed, it raises
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   from input_pipeline import worker_lifetime
@@ -284,7 +284,7 @@ def make_eval_dataset(config, *, batch_size: int, num_segments: int = 1, trainin
                       shuffle: bool = False, repeat: bool = False, transform: Callable[[np.ndarray, Any], np.ndarray]
                       | None = None, drop_remainder: bool = False, num_workers: int | None = None,
                       datasets=None, failures: DecodeFailures | None = None) -> grain.IterDataset:
-  """Labeled multi-clip decoding for the frozen evaluations (reference §6.2): no masks, no pretraining crop.
+  """Labeled multi-clip decoding for the frozen evaluations (docs/reference.md §6.2): no masks, no pretraining crop.
 
   Each video gives num_segments clips by the eval rule (allow_clip_overlap=True; random clip ends only when
   `training`). `transform(clips uint8 [S, T, H, W, 3], rng) -> array` is where the eval views go (a later issue);

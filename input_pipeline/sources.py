@@ -1,4 +1,5 @@
-"""Which videos exist and how often each is drawn: the official file lists and mixture weights (reference §5.1-5.2).
+"""Which videos exist and how often each is drawn: the official file lists and mixture weights (docs/reference.md
+§5.1-5.2).
 
 `ClipIndex` is a grain random-access source of `{'path', 'label'}` records over one or more file lists in the
 official format (space-separated `path label`, no header) or plain directories of videos (label 0). The labels are
@@ -7,7 +8,7 @@ kept: pretraining ignores them, the evaluations need them.
 With mixture weights, `WeightedOrder` draws each epoch's sequence of records with p = w_d / n_d per sample and
 replacement, seeded by (seed, epoch), which is V-JEPA 2's `DistributedWeightedSampler`. [quirk] The V-JEPA 1
 sampler draws *without* replacement and then shuffles again in `DistributedSamplerWrapper`, which makes every epoch
-a uniform permutation, so its weights change nothing (reference §5.2); V-JEPA 1 configs have no weights anyway.
+a uniform permutation, so its weights change nothing (docs/reference.md §5.2); V-JEPA 1 configs have no weights anyway.
 """
 import os
 import sys

@@ -1,4 +1,4 @@
-"""The official pretraining augmentation on uint8 clips, in numpy (reference §5.4).
+"""The official pretraining augmentation on uint8 clips, in numpy (docs/reference.md §5.4).
 
 Random resized crop (one box for every frame of the clip), bilinear resize as torch's
 F.interpolate(mode='bilinear', align_corners=False) without antialias (through OpenCV, within one uint8 level of
@@ -21,7 +21,7 @@ cv2.setNumThreads(1)
 
 def random_resized_crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
                             rng: np.random.Generator, num_tries: int = 10) -> tuple[int, int, int, int]:
-  """(top, left, h, w) of the crop, the official `_get_param_spatial_crop` (reference §5.4).
+  """(top, left, h, w) of the crop, the official `_get_param_spatial_crop` (docs/reference.md §5.4).
 
   ratio is width/height, sampled log-uniformly; after `num_tries` rejected boxes, the centre crop clamped to the
   ratio range.

@@ -1,4 +1,4 @@
-"""PyAV decoding with the official V-JEPA frame-index rule (reference §5.3).
+"""PyAV decoding with the official V-JEPA frame-index rule (docs/reference.md §5.3).
 
 The official loader (decord) builds a frame index of the whole file and then reads `get_batch(indices)`. We do the
 same with PyAV, but decode only what the clip needs: the packet headers give every frame's presentation time and the
@@ -25,7 +25,7 @@ import numpy as np
 
 from input_pipeline import storage
 
-MIN_FILE_BYTES = 1024  # official: smaller files are rejected ("avoid hanging issue"), reference §5.3.
+MIN_FILE_BYTES = 1024  # official: smaller files are rejected ("avoid hanging issue"), docs/reference.md §5.3.
 MAX_FILE_BYTES = 10**9  # official filter_long_videos default.
 
 
@@ -40,7 +40,7 @@ class VideoDecodeError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class ClipSampling:
-  """How clips are cut from a video: the arguments of the official `VideoDataset` (reference §5.3).
+  """How clips are cut from a video: the arguments of the official `VideoDataset` (docs/reference.md §5.3).
 
   allow_clip_overlap is False in pretraining and True in the evaluations. `fps` > 0 replaces frame_step by the
   V-JEPA 2 rule; `clip_duration` > 0 by the V-JEPA 1 duration rule.
@@ -69,18 +69,18 @@ class ClipSampling:
 def effective_frame_step(sampling: ClipSampling, avg_fps: float | None) -> int:
   """The frame step after the duration (V-JEPA 1) or fps (V-JEPA 2) rules; both need the video's average fps."""
   if sampling.fps > 0 and avg_fps:
-    # V-JEPA 2 (reference §9): frame_step = ceil(video_fps) // fps.
+    # V-JEPA 2 (docs/reference.md §9): frame_step = ceil(video_fps) // fps.
     return max(1, int(math.ceil(avg_fps) // sampling.fps))
   if sampling.clip_duration > 0 and avg_fps:
-    # Official: fstp = int(duration * avg_fps / fpc), truncation (reference §5.3). Can be 0 for short durations;
-    # we keep at least 1 so the clip is well defined.
+    # Official: fstp = int(duration * avg_fps / fpc), truncation (docs/reference.md §5.3).
+    # Can be 0 for short durations; we keep at least 1 so the clip is well defined.
     return max(1, int(sampling.clip_duration * avg_fps / sampling.frames_per_clip))
   return sampling.frame_step
 
 
 def clip_indices(num_frames: int, sampling: ClipSampling, rng: np.random.Generator,
                  avg_fps: float | None = None) -> list[np.ndarray]:
-  """Frame indices of each clip, exactly the official rule (reference §5.3), int64 [frames_per_clip] each.
+  """Frame indices of each clip, exactly the official rule (docs/reference.md §5.3), int64 [frames_per_clip] each.
 
   The random clip end comes from `rng` (grain's per-element generator) instead of the global numpy state.
   Raises ValueError when filter_short_videos rejects the video (the caller turns it into a VideoDecodeError).
@@ -98,17 +98,17 @@ def clip_indices(num_frames: int, sampling: ClipSampling, rng: np.random.Generat
       if sampling.random_clip_sampling:
         end = int(rng.integers(clip_len, partition_len))  # np.random.randint(clip_len, partition_len)
       start = end - clip_len
-      # [code≠paper] linspace over clip_len+1 points' span: stride 64/15, last index end-1 (reference §5.3).
+      # [code≠paper] linspace over clip_len+1 points' span: stride 64/15, last index end-1 (docs/reference.md §5.3).
       idx = np.linspace(start, end, num=fpc)
       idx = np.clip(idx, start, end - 1).astype(np.int64) + i * partition_len
     elif not sampling.allow_clip_overlap:
-      # Short partition in pretraining: spread over the partition, pad with its last frame (reference §5.3).
+      # Short partition in pretraining: spread over the partition, pad with its last frame (docs/reference.md §5.3).
       n = partition_len // fstp
       idx = np.concatenate([np.linspace(0, partition_len, num=n), np.full(fpc - n, float(partition_len))])
       idx = np.clip(idx, 0, partition_len - 1).astype(np.int64) + i * partition_len
     else:
       # Evals: [quirk] clipped to sample_len-1 (not sample_len), and every segment of a short video gets the same
-      # frames (clip_step 0), reference §5.3.
+      # frames (clip_step 0), docs/reference.md §5.3.
       sample_len = min(clip_len, num_frames) - 1
       n = sample_len // fstp
       idx = np.concatenate([np.linspace(0, sample_len, num=n), np.full(fpc - n, float(sample_len))])

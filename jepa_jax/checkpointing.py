@@ -2,9 +2,9 @@
 
 One CheckpointManager step directory holds three items:
   state      the train state pytree (StandardSave; restored against an abstract target carrying shardings, which
-             keeps int keys, optax namedtuples and the mesh layout; nnx_functional_patterns §6)
+             keeps int keys, optax namedtuples and the mesh layout)
   data_iter  the grain iterator position, one JSON file per process (grain's own orbax handler), so a resumed run
-             sees the same batches (the official code does not restore its iterator, reference §4.6)
+             sees the same batches (the official code does not restore its iterator, docs/reference.md §4.6)
   config     the run config as JSON, for export and evaluation without the config file
 Saves are asynchronous: save() returns once device arrays are copied to host, and the write runs behind the next
 steps. Orbax writes into a temporary directory and renames it when complete (or marks commit_success on object

@@ -1,4 +1,4 @@
-"""Orbax checkpoint -> official V-JEPA PyTorch checkpoint (reference §2.4, §4.1, §4.6).
+"""Orbax checkpoint -> official V-JEPA PyTorch checkpoint (docs/reference.md §2.4, §4.1, §4.6).
 
   python -m jepa_jax.export --workdir=DIR [--step=N] --out=FILE.pth.tar [--safetensors] [--dtype=bfloat16]
       [--with_optimizer] [--world_size=W]
@@ -36,7 +36,7 @@ PREFIX = "module.backbone."
 MODULES = ("encoder", "predictor", "target_encoder")
 
 # named_parameters() order of the official modules (root Parameters first, then submodules in registration order);
-# torch.optim numbers parameters in this order within each param group (reference §4.1).
+# torch.optim numbers parameters in this order within each param group (docs/reference.md §4.1).
 _TOP_ORDER = {
     "encoder": ("pos_embed", "patch_embed", "blocks", "norm"),
     "predictor": ("predictor_pos_embed", "predictor_embed", "mask_tokens", "predictor_blocks", "predictor_norm",
@@ -66,8 +66,8 @@ def official_order(keys, module: str) -> list[str]:
 def param_groups(encoder_ndims: Mapping[str, int], predictor_ndims: Mapping[str, int]) -> list[list[tuple[str, str]]]:
   """The official 4 AdamW groups as lists of (module, key), from {key: ndim} of each module's state_dict:
   [encoder decayed, predictor decayed, encoder no-decay, predictor no-decay]; no-decay = 'bias' in the name or a
-  1-D tensor (LayerNorm weights), §4.1. Positional tables are in the decayed groups (they are Parameters) but never
-  get optimizer state (no gradient)."""
+  1-D tensor (LayerNorm weights), docs/reference.md §4.1. Positional tables are in the decayed groups (they are
+  Parameters) but never get optimizer state (no gradient)."""
   groups = []
   for decayed in (True, False):
     for module, ndims in (("encoder", encoder_ndims), ("predictor", predictor_ndims)):

@@ -9,7 +9,7 @@ does not). --workdir is the old name of --source. The encoder is the target enco
 Videos: one clip per video, frames_per_clip frames at the pretraining frame_step (a file's model: its num_frames,
 step 4, or --frames / --frame_step) centred by the official index rule (no random offset), the short side resized
 to the resolution (the model's crop size unless --resolution) and the centre square cropped: the middle one of
-the official 3-view test crops (reference 6.2). Arrays: uint8 [N, T, H, W, 3] given the same resize and centre
+the official 3-view test crops (docs/reference.md §6.2). Arrays: uint8 [N, T, H, W, 3] given the same resize and centre
 crop when their frames are not already square at the resolution.
 
 Unreadable or too-short videos are skipped as training skips them: a warning naming each file and why, and a stop

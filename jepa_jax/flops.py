@@ -2,9 +2,11 @@
 
 Counts the matmuls only (2 FLOPs per multiply-add); LayerNorm, softmax, GELU and the loss are O(tokens x dim) and
 below 1% at ViT-L scale. Forward+backward is 3x forward (the backward computes input and weight gradients).
-The official forward embeds all N patches and gathers the context tokens afterwards (reference §2.2), so the
+The official forward embeds all N patches and gathers the context tokens afterwards (docs/reference.md §2.2), so the
 context encoder's patch embedding runs on all tokens; its backward needs only the weight gradient (the input is
-pixels), so it counts 2x, not 3x.
+pixels), so it counts 2x, not 3x. These are the official step's FLOPs (a pass per mask generator) whatever
+config.model.context_packing says: the packed pass (jepa_jax/models/packing.py) embeds the patches once for both
+generators, so it does somewhat fewer (tests/test_bench.py compares this count with XLA's on the official pass).
 """
 from typing import Sequence
 
@@ -27,7 +29,8 @@ def encoder_blocks_flops(num_tokens, embed_dim, depth, mlp_hidden) -> int:
 
 def predictor_forward_flops(*, embed_dim, pred_embed_dim, pred_depth, pred_mlp_hidden, num_context,
                             num_target) -> int:
-  """predictor_embed on the context tokens, blocks on context + targets, predictor_proj on the targets (§2.3)."""
+  """predictor_embed on the context tokens, blocks on context + targets, predictor_proj on the targets
+  (docs/reference.md §2.3)."""
   embed = 2 * num_context * embed_dim * pred_embed_dim
   blocks = pred_depth * block_flops(num_context + num_target, pred_embed_dim, pred_mlp_hidden)
   proj = 2 * num_target * pred_embed_dim * embed_dim

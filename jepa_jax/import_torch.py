@@ -6,9 +6,9 @@
 The file is read with torch.load(weights_only=True) (or safetensors), 'module.' and 'backbone.' prefixes are
 stripped, and every key and shape is checked against the model the config builds. 'epoch' sets the train step to
 epoch * ipe so the lr / wd / EMA schedules continue where the PyTorch run stopped (the official resume fast-forwards
-its schedulers the same way, §4.6); 'opt' (AdamW state, 4 groups, §4.1) fills our Adam moments, else the optimizer
-starts fresh. --only_target: an encoder-only file (released eval checkpoints; 'target_encoder' or 'encoder'), used
-as both encoder and target encoder, with a freshly initialised predictor.
+its schedulers the same way, docs/reference.md §4.6); 'opt' (AdamW state, 4 groups, docs/reference.md §4.1) fills our
+Adam moments, else the optimizer starts fresh. --only_target: an encoder-only file (released eval checkpoints;
+'target_encoder' or 'encoder'), used as both encoder and target encoder, with a freshly initialised predictor.
 
 V-JEPA 2 (a config with config.model.pos_embed='rope', e.g. configs/vjepa2/vitl16_256.py): the released vitl.pt,
 vith.pt, vitg.pt, vitg-384.pt and the official training checkpoints import the same way, as do the Hugging Face

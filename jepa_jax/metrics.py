@@ -1,4 +1,4 @@
-"""Training logs: the official CSV columns (reference §4.5) plus ours, TensorBoard events, and MFU.
+"""Training logs: the official CSV columns (docs/reference.md §4.5) plus ours, TensorBoard events, and MFU.
 
 TensorBoard events are written with tensorboard's own EventFileWriter and protos, so no TensorFlow is needed.
 Only the primary process (JAX process 0) writes; the others get a writer whose calls do nothing, so the loop
@@ -18,7 +18,8 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from input_pipeline import storage
 
-# (our metric name, CSV column). The first nine are the official CSVLogger columns, in its order (§4.5).
+# (our metric name, CSV column). The first nine are the official CSVLogger columns, in its order (docs/reference.md
+# §4.5).
 COLUMNS = (
     ("epoch", "epoch"),
     ("itr", "itr"),

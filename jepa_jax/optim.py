@@ -1,7 +1,7 @@
-"""The official AdamW (reference §4.1, §4.2): four param groups, scheduled lr and wd, per-module clipping.
+"""The official AdamW (docs/reference.md §4.1, §4.2): four param groups, scheduled lr and wd, per-module clipping.
 
 Built as an explicit optax chain rather than optax.inject_hyperparams(optax.adamw): a callable weight-decay mask
-inside inject_hyperparams is silently treated as a schedule unless declared static (DESIGN.md pitfalls), and the
+inside inject_hyperparams is silently treated as a schedule unless declared static (docs/reference.md §10), and the
 chain below makes each official rule visible in one place:
 
   clip per module (after warmup) -> Adam moments with bias correction -> + wd(step) * param on decayed leaves
@@ -39,7 +39,7 @@ def _path_name(path) -> str:
 
 
 def weight_decay_mask(params):
-  """True for leaves that get weight decay: the official groups 1-2 (§4.1).
+  """True for leaves that get weight decay: the official groups 1-2 (docs/reference.md §4.1).
 
   Excluded (groups 3-4): any name containing 'bias' and every 1-D param (LayerNorm scales). Mask tokens
   ([1, 1, D]), Linear and Conv3d kernels are decayed.
@@ -107,8 +107,8 @@ def grad_norms(grads):
   """Global L2 norms of the encoder and predictor gradients (before clipping).
 
   [quirk] The official CSV logs the value returned by clip_grad_norm_, so it shows 0 before clipping starts
-  (§4.2 step 6). These are the true norms at every step; a caller wanting the official columns can zero them
-  with schedules.clip_active.
+  (docs/reference.md §4.2 step 6). These are the true norms at every step; a caller wanting the official columns can
+  zero them with schedules.clip_active.
   """
   return {
       "enc_grad_norm": optax.tree.norm(grads["encoder"]),

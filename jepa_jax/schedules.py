@@ -1,8 +1,8 @@
 """Learning-rate, weight-decay and EMA-momentum schedules as traceable functions of our step.
 
 Our `step` counts optimizer updates already done (0 before the first update). The official loop increments its
-scheduler counters *before* use, so the value our step k uses is the official value at s = k + 1 (reference §4.3).
-Every function here is jnp-only, so it can run inside the jitted train step without a host round trip.
+scheduler counters *before* use, so the value our step k uses is the official value at s = k + 1 (docs/reference.md
+§4.3). Every function here is jnp-only, so it can run inside the jitted train step without a host round trip.
 """
 import jax.numpy as jnp
 
@@ -12,7 +12,8 @@ def _warmup_steps(optim_cfg) -> int:
 
 
 def _horizon(optim_cfg) -> int:
-  # [quirk] The horizon is ipe_scale (1.25) times the run length, so the run stops at 80% of every curve (§1, §4.3).
+  # [quirk] The horizon is ipe_scale (1.25) times the run length, so the run stops at 80% of every curve
+  # (docs/reference.md §1, §4.3).
   return int(optim_cfg.ipe_scale * optim_cfg.epochs * optim_cfg.ipe)
 
 
@@ -41,7 +42,7 @@ def learning_rate_schedule(optim_cfg):
   warmup, horizon = _warmup_steps(optim_cfg), _horizon(optim_cfg)
 
   def schedule(step):
-    s = jnp.asarray(step, jnp.float32) + 1.0  # official s = our step + 1 (§4.3)
+    s = jnp.asarray(step, jnp.float32) + 1.0  # official s = our step + 1 (docs/reference.md §4.3)
     warm = start + s / max(1, warmup) * (ref - start)
     progress = (s - warmup) / max(1, horizon - warmup)
     cosine = final + (ref - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
@@ -64,7 +65,7 @@ def _linear_decay_schedule(optim_cfg):
   horizon = _horizon(optim_cfg)
 
   def schedule(step):
-    s = jnp.asarray(step, jnp.float32) + 1.0  # official s = our step + 1 (§4.3)
+    s = jnp.asarray(step, jnp.float32) + 1.0  # official s = our step + 1 (docs/reference.md §4.3)
     return ref + s / max(1, horizon) * (final - ref)
 
   return schedule
@@ -78,7 +79,8 @@ def weight_decay_schedule(optim_cfg):
   def schedule(step):
     s = jnp.asarray(step, jnp.float32) + 1.0
     wd = final + (ref - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * s / max(1, horizon)))
-    # The clamp keeps wd from overshooting final; its direction depends on whether wd rises or falls (§4.3).
+    # The clamp keeps wd from overshooting final; its direction depends on whether wd rises or falls (docs/reference.md
+    # §4.3).
     return jnp.minimum(final, wd) if final > ref else jnp.maximum(final, wd)
 
   return schedule
@@ -107,9 +109,9 @@ def ema_momentum_schedule(optim_cfg):
 def clip_active(step, optim_cfg):
   """Whether gradient clipping applies at our step (a traced bool).
 
-  [quirk] The official loop clips only when the 0-based epoch is > warmup (§4.2 step 6): with ipe 300 and warmup
-  40 that is epoch >= 41, i.e. from 0-based iteration (warmup + 1) * ipe = 12,300 on. Our step k is the 0-based
-  iteration index, so the test is step // ipe > warmup. optim.clip_always turns it on from the first step.
+  [quirk] The official loop clips only when the 0-based epoch is > warmup (docs/reference.md §4.2 step 6): with ipe 300
+  and warmup 40 that is epoch >= 41, i.e. from 0-based iteration (warmup + 1) * ipe = 12,300 on. Our step k is the
+  0-based iteration index, so the test is step // ipe > warmup. optim.clip_always turns it on from the first step.
   optim.clip_grad = 0 turns clipping off (V-JEPA 2's train loop has none, docs/reference.md §9.3).
   """
   if float(optim_cfg.clip_grad) < 0:

@@ -1,4 +1,4 @@
-"""The rule between our parameter pure dicts and official PyTorch state_dict keys (reference §2.4).
+"""The rule between our parameter pure dicts and official PyTorch state_dict keys (docs/reference.md §2.4).
 
 Our modules are named like the official ones, so a parameter path joined with '.' is the PyTorch key once the leaf
 is renamed (kernel -> weight, scale -> weight) and the kernel transposed (Linear [in, out] -> [out, in]; Conv3d

@@ -1,9 +1,9 @@
 """The V-JEPA pretraining step as pure functions: (state, batch) -> (state, metrics).
 
-Reference §4.2. Per step: normalise the uint8 clip on the device; the target encoder sees every token (no gradient),
-its output is layer-normed without affine; for each mask generator the context encoder sees only the context tokens
-and the predictor, with that generator's mask token, predicts the target tokens; loss = mean over generators of the
-mean |pred - target|^p / p (+ reg_coeff * reg term); AdamW; EMA of the target encoder after the update.
+docs/reference.md §4.2. Per step: normalise the uint8 clip on the device; the target encoder sees every token (no
+gradient), its output is layer-normed without affine; for each mask generator the context encoder sees only the context
+tokens and the predictor, with that generator's mask token, predicts the target tokens; loss = mean over generators of
+the mean |pred - target|^p / p (+ reg_coeff * reg term); AdamW; EMA of the target encoder after the update.
 
 The context encoder and the predictor each run once for all mask generators, packed as config.model.context_packing
 and config.model.predictor_packing say (jepa_jax/models/packing.py; 'none' is the official pass per generator).
@@ -35,7 +35,7 @@ def normalize_clips(clips: jax.Array, dtype) -> jax.Array:
 
 
 def layer_norm_no_affine(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-  """F.layer_norm(x, (D,)) of the official target normalisation (reference §4.2), in float32."""
+  """F.layer_norm(x, (D,)) of the official target normalisation (docs/reference.md §4.2), in float32."""
   x = x.astype(jnp.float32)
   mean = x.mean(-1, keepdims=True)
   var = jnp.square(x - mean).mean(-1, keepdims=True)
@@ -151,7 +151,7 @@ def train_step(state: dict, batch: dict, fns: StepFunctions) -> tuple[dict, dict
   updates, opt_state = fns.tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
 
-  # EMA of the context encoder into the target, after the update (reference §4.2 step 8).
+  # EMA of the context encoder into the target, after the update (docs/reference.md §4.2 step 8).
   momentum = fns.ema_momentum(step)
   target = jax.tree.map(lambda t, p: momentum * t + (1.0 - momentum) * p, state["target_encoder"], params["encoder"])
 

@@ -1,4 +1,5 @@
-"""Multiblock 3D masks: our fixed-count generator against a plain re-statement of the official collator (§3)."""
+"""Multiblock 3D masks: our fixed-count generator against a plain re-statement of the official collator
+(docs/reference.md §3)."""
 import math
 
 import numpy as np
@@ -11,14 +12,14 @@ GRID_224 = (8, 14, 14)
 GRID_384 = (8, 24, 24)
 
 # Block (h, w) histograms of the official collator's first 200 batches: its shape generator is torch.Generator seeded
-# 0, 1, 2, ... (reference §3 step 1). These are the shapes behind the reference table's 200-batch means;
+# 0, 1, 2, ... (docs/reference.md §3 step 1). These are the shapes behind the reference table's 200-batch means;
 # test_official_shape_histograms_match_torch recomputes them when torch is installed.
 OFFICIAL_SHAPES = {
     (224, 8): {(5, 5): 24, (5, 6): 51, (6, 4): 11, (6, 5): 104, (7, 4): 10},
     (224, 2): {(10, 13): 11, (10, 14): 1, (11, 12): 26, (11, 13): 15, (12, 11): 37, (12, 12): 19, (13, 10): 20,
                (13, 11): 11, (14, 10): 60},
 }
-# Reference §3 table (official MaskCollator, 200 batches): mean kept context / target per generator.
+# docs/reference.md §3 table (official MaskCollator, 200 batches): mean kept context / target per generator.
 TABLE = {
     (224, 24): ((370.6, 744.8), (108.8, 1099.8)),
     (224, 8): ((431.4, 806.6), (147.8, 1128.7)),
@@ -38,7 +39,7 @@ def _generator(specs, crop_size=224):
   return masks.MultiBlockMaskGenerator(specs, crop_size=crop_size, num_frames=16, patch_size=16, tubelet_size=2)
 
 
-# --- a plain re-statement of the official algorithm (reference §3), one sample and one block at a time ---
+# --- a plain re-statement of the official algorithm (docs/reference.md §3), one sample and one block at a time ---
 
 def _official_shape(spec, grid, u_t, u_s, u_ar):
   duration, height, width = grid
@@ -204,7 +205,7 @@ def test_max_temporal_keep_removes_late_frames_from_the_context():
   frame_tokens = 14 * 14
   assert out["context_masks"][0].max() < 4 * frame_tokens
   assert out["context_masks"][1].max() < 2 * frame_tokens
-  # The late frames are not context, so the official code counts them as targets (§3 step 3).
+  # The late frames are not context, so the official code counts them as targets (docs/reference.md §3 step 3).
   assert specs[1].num_target > 6 * frame_tokens
 
 

@@ -229,7 +229,7 @@ def test_kept_tokens_keep_their_absolute_positions(shared):
 
 
 def test_sharded_forward_on_a_2x2x2_mesh_equals_single_device(shared):
-  """The activation constraints keep XLA's partitioner honest (reference/nnx_functional_patterns.md §0)."""
+  """The activation constraints keep XLA's partitioner honest (docs/reference.md §10)."""
   model, params, apply = shared
   x = _clip()
   want = apply(params, x)

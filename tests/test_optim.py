@@ -1,4 +1,4 @@
-"""Our optax chain is the official torch.optim.AdamW setup (reference §4.1-§4.3), number for number."""
+"""Our optax chain is the official torch.optim.AdamW setup (docs/reference.md §4.1-§4.3), number for number."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,7 +74,7 @@ def run_ours(cfg, params, grads_per_step):
 
 
 def run_torch(cfg, params, grads_per_step):
-  """The official init_opt groups, scheduler order and per-module clip_grad_norm_ (§4.1, §4.2)."""
+  """The official init_opt groups, scheduler order and per-module clip_grad_norm_ (docs/reference.md §4.1, §4.2)."""
   lr_fn, wd_fn = schedules.learning_rate_schedule(cfg), schedules.weight_decay_schedule(cfg)
   modules = {m: {k: torch.nn.Parameter(torch.tensor(v)) for k, v in flat(params[m]).items()} for m in params}
   groups = []
@@ -156,7 +156,7 @@ def test_decay_follows_the_schedule_and_skips_excluded_params():
 
 
 def test_state_shardings_follow_params_via_tree_map_params():
-  """The nnx_functional_patterns §3 recipe gives the moments the params' shardings and counts P()."""
+  """tree_map_params gives the Adam moments the params' shardings, and the step count P()."""
   from jax.sharding import NamedSharding, PartitionSpec as P
   mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
   params = small_params(0)

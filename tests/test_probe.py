@@ -1,4 +1,4 @@
-"""The attentive probe against a PyTorch oracle written from reference 6.1, with identical weights."""
+"""The attentive probe against a PyTorch oracle written from docs/reference.md §6.1, with identical weights."""
 import math
 
 import jax
@@ -245,7 +245,8 @@ def test_v2_parameter_count_vit_large_ssv2():
 # ---------------------------------------------------------------------------------------------- optimizer (6.2)
 
 def _official_lr_wd(s, total, lr=1e-3, final_lr=0.0, wd=0.01, final_wd=1e-6):
-  """WarmupCosineSchedule(warmup 0) and CosineWDSchedule as written in reference 4.3 / 6.2, at official step s."""
+  """WarmupCosineSchedule(warmup 0) and CosineWDSchedule as written in docs/reference.md §4.3 / §6.2, at official step
+  s."""
   c = 0.5 * (1.0 + math.cos(math.pi * s / total))
   return max(final_lr, final_lr + (lr - final_lr) * c), max(final_wd, final_wd + (wd - final_wd) * c)
 

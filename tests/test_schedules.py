@@ -1,4 +1,4 @@
-"""The schedules reproduce the official scheduler classes (reference §4.3) step for step."""
+"""The schedules reproduce the official scheduler classes (docs/reference.md §4.3) step for step."""
 import itertools
 import math
 
@@ -12,7 +12,8 @@ from jepa_jax import schedules
 
 
 def official_values(cfg, num_steps):
-  """float64 transcription of WarmupCosineSchedule, CosineWDSchedule and the momentum generator (§4.3).
+  """float64 transcription of WarmupCosineSchedule, CosineWDSchedule and the momentum generator (docs/reference.md
+  §4.3).
 
   Element s-1 is the value the official loop uses at its step s (counters are incremented before use).
   """
@@ -42,7 +43,7 @@ def cfg():
   return default.get_config().optim
 
 
-# (official step s, lr, wd, ema momentum): the sample table of reference §4.3.
+# (official step s, lr, wd, ema momentum): the sample table of docs/reference.md §4.3.
 REFERENCE_TABLE = [
     (1, 2.00035e-4, 0.04, 0.998),
     (12_000, 6.25e-4, 0.0500123, 0.998213),
@@ -93,7 +94,8 @@ def test_total_steps(cfg):
 
 
 def test_clipping_starts_after_warmup_epochs(cfg):
-  # Official: clip when 0-based epoch > warmup (40), i.e. from 0-based iteration 41 * 300 = 12,300 (§4.2 step 6).
+  # Official: clip when 0-based epoch > warmup (40), i.e. from 0-based iteration 41 * 300 = 12,300 (docs/reference.md
+  # §4.2 step 6).
   active = jax.vmap(lambda k: schedules.clip_active(k, cfg))(jnp.arange(13_000, dtype=jnp.int32))
   assert int(jnp.argmax(active)) == 12_300
   assert not bool(active[12_299]) and bool(active[12_300:].all())
@@ -102,7 +104,7 @@ def test_clipping_starts_after_warmup_epochs(cfg):
   assert bool(schedules.clip_active(jnp.int32(0), always))
 
 
-# ---------------------------------------------------------------------------------------- V-JEPA 2 (§9.3, §9.4)
+# ------------------------------------------------------------------------------- V-JEPA 2 (docs/reference.md §
 
 def _vjepa2_optim(epochs, ipe=300, lr_schedule="warmup_cosine", final_lr=5.25e-4, warmup=40):
   """configs/train/vit{l,h,g}16/{pretrain,cooldown}-*.yaml: start_lr 1e-4, lr 5.25e-4, wd 0.04 constant,

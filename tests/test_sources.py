@@ -1,4 +1,4 @@
-"""File lists, directories and mixture weights (reference §5.1-5.2)."""
+"""File lists, directories and mixture weights (docs/reference.md §5.1-5.2)."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""The pretraining augmentation (reference §5.4)."""
+"""The pretraining augmentation (docs/reference.md §5.4)."""
 import math
 
 import numpy as np
@@ -9,7 +9,7 @@ from input_pipeline import transforms
 
 
 def _official_box(height, width, scale, ratio, uniform, randint):
-  """The official `_get_param_spatial_crop`, written from reference §5.4, with injected random draws."""
+  """The official `_get_param_spatial_crop`, written from docs/reference.md §5.4, with injected random draws."""
   area = height * width
   for _ in range(10):
     target = area * uniform(*scale)

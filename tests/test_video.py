@@ -1,4 +1,4 @@
-"""Decoding and the official frame-index rule (reference §5.3)."""
+"""Decoding and the official frame-index rule (docs/reference.md §5.3)."""
 import fractions
 import os
 
@@ -43,7 +43,7 @@ def _sequential(path):
     return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
-# --- the official rule, written independently of the implementation, from reference §5.3 -------------------------
+# --- the official rule, written independently of the implementation, from docs/reference.md §5.3
 def _official(num_frames, fpc, fstp, num_clips, allow_overlap, ends):
   clip_len = fpc * fstp
   part = num_frames // num_clips

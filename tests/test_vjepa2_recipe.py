@@ -90,7 +90,7 @@ def test_shipped_schedules_at_the_official_steps(name, s, lr):
   assert _at(schedules.ema_momentum_schedule, o, s) == pytest.approx(0.99925, rel=1e-7)
   assert not bool(schedules.clip_active(jnp.int32(s - 1), o))
   if name.endswith("cooldown") and s == schedules.total_steps(o):
-    assert lr == pytest.approx(1.058e-4, rel=1e-9)  # [quirk §9.4] it stops at 80% of the ramp
+    assert lr == pytest.approx(1.058e-4, rel=1e-9)  # [quirk, docs/reference.md §9.4] it stops at 80% of the ramp
 
 
 @pytest.mark.parametrize("field,value,message", [

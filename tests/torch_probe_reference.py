@@ -37,7 +37,7 @@ class CrossAttention(nn.Module):
     q = self.q(q).reshape(b, n, h, c // h).permute(0, 2, 1, 3)
     kv = self.kv(x).reshape(b, x.shape[1], 2, h, c // h).permute(2, 0, 3, 1, 4)
     q = F.scaled_dot_product_attention(q, kv[0], kv[1])
-    # Official quirk (reference 6.1): self.proj is not applied.
+    # Official quirk (docs/reference.md §6.1): self.proj is not applied.
     return q.transpose(1, 2).reshape(b, n, c)
 
 

@@ -1,4 +1,4 @@
-"""A minimal PyTorch V-JEPA encoder and predictor, written from reference/vjepa_reference.md §2, as a test oracle.
+"""A minimal PyTorch V-JEPA encoder and predictor, written from docs/reference.md §2, as a test oracle.
 
 Module names equal the official ones, so an official state_dict (prefix 'module.backbone.' removed) loads with
 load_state_dict(strict=True), and so does torch_layout.to_torch_state_dict(ours) plus the positional tables.
@@ -9,7 +9,7 @@ API:
   get_3d_sincos_pos_embed(embed_dim, grid_depth, grid_size, uniform_power) -> np.ndarray float32 [N, D]
   TorchVisionTransformer(...).forward(x [B,3,T,H,W], masks=None | LongTensor [B,K] | list) -> [B', K, D]
   TorchPredictor(...).forward(ctxt [B,Kc,D], masks_ctxt [B,Kc], masks_tgt [B,Kt], mask_index) -> [B, Kt, D]
-  init_official(*modules): the effective official pretraining init (reference §2.2 "Initialisation")
+  init_official(*modules): the effective official pretraining init (docs/reference.md §2.2 "Initialisation")
   torch_vit_tiny ... torch_vit_gigantic(**kwargs), TORCH_MODEL_ZOO, torch_vit_predictor(**kwargs)
 """
 import numpy as np

@@ -50,9 +50,9 @@ def rotate_queries_or_keys(x, pos):
   omega = 1.0 / 10000 ** omega
   freq = pos.unsqueeze(-1) * omega  # integer positions promote to x's dtype, as in the official einsum
   sin, cos = freq.sin(), freq.cos()
-  # [quirk §9.1] sin/cos are tiled [f0..f(D/2-1), f0..f(D/2-1)] (the official repeat(1, 1, 1, 2)) while the
-  # rotation below pairs adjacent channels (x0, x1), (x2, x3), ...: pair k does not get frequency k. The released
-  # weights were trained with it (vjepa2 PR #15 documents the fix that would break them).
+  # [quirk, docs/reference.md §9.1] sin/cos are tiled [f0..f(D/2-1), f0..f(D/2-1)] (the official repeat(1, 1, 1, 2))
+  # while the rotation below pairs adjacent channels (x0, x1), (x2, x3), ...: pair k does not get frequency k. The
+  # released weights were trained with it (vjepa2 PR #15 documents the fix that would break them).
   sin, cos = torch.cat([sin, sin], dim=-1), torch.cat([cos, cos], dim=-1)
   pairs = x.unflatten(-1, (-1, 2))
   rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
@@ -246,8 +246,8 @@ class TorchPredictorV2(nn.Module):
 
 def predict_multiseq(predictor, ctxt, masks_ctxt, masks_tgt):
   """The official PredictorMultiSeqWrapper: ctxt[i][j] are the context tokens of frame-count group i under mask
-  generator j. [quirk §9.2] It passes mask_index=i, the group index, not j: with one group (all datasets at the same
-  frame count, as every released config) every generator uses mask token 0."""
+  generator j. [quirk, docs/reference.md §9.2] It passes mask_index=i, the group index, not j: with one group (all
+  datasets at the same frame count, as every released config) every generator uses mask token 0."""
   return [[predictor(c, mc, mt, mask_index=i) for c, mc, mt in zip(cs, mcs, mts)]
           for i, (cs, mcs, mts) in enumerate(zip(ctxt, masks_ctxt, masks_tgt))]
 

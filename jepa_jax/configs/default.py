@@ -1,4 +1,4 @@
-"""Defaults shared by every pretraining config: the official V-JEPA ViT-L/16 recipe (reference §1).
+"""Defaults shared by every pretraining config: the official V-JEPA ViT-L/16 recipe (docs/reference.md §1).
 
 Per-generator mask settings are tuples with one entry per mask generator, in generator order, so that each can be
 overridden from the command line (`--config.mask.num_blocks="(8, 2)"`).
@@ -12,10 +12,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 234
   # A pretraining run (workdir) or checkpoint file (.pt / .pth.tar / safetensors) to start from when the workdir has
   # no checkpoint yet: encoder, predictor, target encoder and, when present, the AdamW moments; the schedules start
-  # at step 0 (the V-JEPA 2 cooldown, docs/reference.md §9.4). Later restarts resume from the workdir's own checkpoints.
+  # at step 0 (the V-JEPA 2 cooldown, docs/reference.md §9.4). Later
+  # restarts resume from the workdir's own checkpoints.
   config.init_from = ""
 
-  # --- model (reference §2) ---
+  # --- model (docs/reference.md §2) ---
   config.model = model = ml_collections.ConfigDict()
   model.name = "vit_large"
   # > 0: override the zoo's width / depth / heads (tests and the CPU demo use small custom sizes).
@@ -31,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   # token's (t, h, w) patch coordinates inside every attention (V-JEPA 2, docs/reference.md §9.1; no table).
   model.pos_embed = "sincos"
   # V-JEPA 2 init: block i's attn.proj and mlp.fc2 keep the official 1/sqrt(2 (i + 1)) rescale; V-JEPA 1's training
-  # re-initialises every Linear afterwards, which undoes it (reference §2.2).
+  # re-initialises every Linear afterwards, which undoes it (docs/reference.md §2.2).
   model.depth_rescale_init = False
   model.pred_depth = 12
   model.pred_embed_dim = 384
@@ -52,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.remat = "none"  # "none" | "full" | "dots" (save matmul outputs) | "dots_no_batch".
   model.scan_layers = False
 
-  # --- data (reference §5) ---
+  # --- data (docs/reference.md §5) ---
   config.data = data = ml_collections.ConfigDict()
   data.datasets = ("",)  # official-format file lists: "path label" per line, space separated.
   data.datasets_weights = ()  # empty: uniform over the concatenation (the V1 configs).
@@ -71,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.max_failure_fraction = 0.5  # stop with an error when more than this share of decodes fail.
   data.synthetic_videos = 0  # > 0: write this many synthetic videos into the workdir and train on them.
 
-  # --- masks (reference §3): one entry per generator ---
+  # --- masks (docs/reference.md §3): one entry per generator ---
   config.mask = mask = ml_collections.ConfigDict()
   mask.num_blocks = (8, 2)
   mask.spatial_scale = ((0.15, 0.15), (0.7, 0.7))
@@ -83,12 +84,12 @@ def get_config() -> ml_collections.ConfigDict:
   mask.num_context = (0, 0)
   mask.num_target = (0, 0)
 
-  # --- loss (reference §4.2) ---
+  # --- loss (docs/reference.md §4.2) ---
   config.loss = loss = ml_collections.ConfigDict()
   loss.loss_exp = 1.0
   loss.reg_coeff = 0.0
 
-  # --- optimisation (reference §1, §4.3) ---
+  # --- optimisation (docs/reference.md §1, §4.3) ---
   config.optim = optim = ml_collections.ConfigDict()
   optim.ipe = 300
   optim.ipe_scale = 1.25
@@ -111,7 +112,7 @@ def get_config() -> ml_collections.ConfigDict:
   optim.grad_accum_steps = 1
   optim.total_steps = 0  # 0: ipe x epochs.
 
-  # --- mesh and sharding (DESIGN.md "Sharding") ---
+  # --- mesh and sharding (README.md "Pretraining", launch/README.md) ---
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.shape = (-1, 1, 1)  # ('data', 'fsdp', 'tensor'); -1 takes the remaining devices.
   mesh.dcn_data_parallelism = 1  # > 1: slices, data parallel across them over DCN (hybrid mesh).

@@ -1,4 +1,4 @@
-"""ViT-H/16 at 16x224x224: the official configs/pretrain/vith16.yaml (reference §1).
+"""ViT-H/16 at 16x224x224: the official configs/pretrain/vith16.yaml (docs/reference.md §1).
 
 128 GPUs x 24 clips = 3072 clips per step, 90,000 steps. FSDP over all devices: the f32 state is ~10 GB.
 """

@@ -1,4 +1,4 @@
-"""ViT-H/16 at 16x384x384: the official configs/pretrain/vith16_384.yaml (reference §1).
+"""ViT-H/16 at 16x384x384: the official configs/pretrain/vith16_384.yaml (docs/reference.md §1).
 
 240 GPUs x 10 clips = 2400 clips per step; 4,608 tokens per clip. FSDP over all devices.
 """

@@ -1,4 +1,4 @@
-"""ViT-L/16 at 16x224x224: the official configs/pretrain/vitl16.yaml (reference §1).
+"""ViT-L/16 at 16x224x224: the official configs/pretrain/vitl16.yaml (docs/reference.md §1).
 
 128 GPUs x 24 clips = 3072 clips per step, 90,000 steps. Data lists go in config.data.datasets (official format,
 "path label" per line); the official run mixes K710, SSv2 and HowTo100M lists.

@@ -1,4 +1,4 @@
-"""Frozen evaluation (reference 6, docs/reference.md §9.5): attentive probes trained on a frozen encoder, multi-view
+"""Frozen evaluation (docs/reference.md §6, §9.5): attentive probes trained on a frozen encoder, multi-view
 testing; V-JEPA 2's K probes trained together on one encoder pass per batch.
 
   python -m jepa_jax.main --config=configs/eval/vitl16_k400.py --workdir=DIR --config.pretrained=PATH

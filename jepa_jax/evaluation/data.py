@@ -1,8 +1,8 @@
 """The probe's data: video and image splits, and the fixed-size padded batches the probe steps take.
 
-Videos (reference 6.2): every example gives num_segments clips x num_views views (one view in training), decoded by
-input_pipeline/pipeline.py's eval stream. An unreadable or too-short video is not replaced by another one (that
-would count a video twice) but dropped: a warning naming the file and why, counted per split, a stop
+Videos (docs/reference.md §6.2): every example gives num_segments clips x num_views views (one view in training),
+decoded by input_pipeline/pipeline.py's eval stream. An unreadable or too-short video is not replaced by another one
+(that would count a video twice) but dropped: a warning naming the file and why, counted per split, a stop
 (DataPipelineError) past config.eval.max_failure_fraction. Accuracies are then over the videos that could be read,
 and the loops report how many could not.
 
@@ -27,7 +27,7 @@ from jepa_jax.evaluation.eval_config import list_labels
 
 
 def _data_shim(config) -> ml_collections.ConfigDict:
-  """The config.data fields pipeline.make_eval_dataset reads, from config.eval (reference 6.2)."""
+  """The config.data fields pipeline.make_eval_dataset reads, from config.eval (docs/reference.md §6.2)."""
   e = config.eval
   return ml_collections.ConfigDict({"seed": int(config.seed), "data": {
       "datasets": ("",), "frames_per_clip": int(e.frames), "frame_step": int(e.frame_step), "num_clips": 1,

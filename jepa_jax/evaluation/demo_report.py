@@ -86,13 +86,19 @@ def demo_probe_report(pretrain_workdir: str, config=None, *, epochs: int | None 
       for k in encoders:
         p, o, m = run_epoch_train(probe, *state[k], train_cache[k])
         state[k] = (p, o)
-        logging.info("demo probe %s epoch %d: loss %s train %s%%", k, epoch + 1, np.round(m["loss"], 4),
-                     np.round(m["train_acc"], 1))
+        logging.info("demo probe %s epoch %d: loss %s train %s%%", k, epoch + 1, _per_head(m["loss"], 4),
+                     _per_head(m["train_acc"], 1))
     for k in encoders:  # with several heads (the V-JEPA 2 protocol) the best head counts, as officially reported
       results[k] = float(np.max(run_eval(probe, state[k][0], val_cache[k])["val_acc_top1"]))
   logging.info("demo probe report (motion direction, %d epochs): pretrained %.1f%%, random init %.1f%%",
                e.epochs, results["pretrained"], results["random"])
   return results
+
+
+def _per_head(values, digits: int) -> str:
+  """One number per probe head, a plain number for one head."""
+  values = np.atleast_1d(np.asarray(values, np.float64))
+  return " ".join(f"{v:.{digits}f}" for v in values)
 
 
 def report_demo_probe(workdir, seeds=(0, 1, 2), config=None) -> dict:

@@ -7,8 +7,8 @@
      'epoch', 'batch_size' (per GPU), 'world_size'}
     The heads are in multihead_kwargs order; the file does not say which head was best, nor their settings (those
     are in the AdamW param groups, when 'opt' is there).
-  V-JEPA 1 (reference §6.1): {'classifier': one state_dict (keys 'module.'...), 'opt', 'scaler', 'epoch', ...}: read
-    as one head.
+  V-JEPA 1 (docs/reference.md §6.1): {'classifier': one state_dict (keys 'module.'...), 'opt', 'scaler', 'epoch', ...}:
+    read as one head.
 
 Our probe runs (evaluation/loops.py) keep every head in WORKDIR/probe_latest (params and AdamW moments, stacked
 [K, ...]) and the best one in WORKDIR/probe_best; export writes probe_latest in the V-JEPA 2 layout. Parameter names

@@ -1,8 +1,8 @@
 """The probe optimizers of the official frozen evaluations: torch AdamW with per-iteration lr and wd schedules.
 
 One transformation, two recipes chosen by config values (configs/eval/base.py, configs/eval/vjepa2/):
-  V-JEPA 1 (reference §6.2): one probe; two parameter groups (no decay on biases and 1-D tensors); gradient clipping
-      at 1.0; lr cosine to 0 without warmup; weight decay cosine to 1e-6 whatever the config says.
+  V-JEPA 1 (docs/reference.md §6.2): one probe; two parameter groups (no decay on biases and 1-D tensors);
+      gradient clipping at 1.0; lr cosine to 0 without warmup; weight decay cosine to 1e-6 whatever the config says.
   V-JEPA 2 (docs/reference.md §9.5): K probes, each with its own AdamW of ONE parameter group (every parameter
       decayed), no clipping, lr warmup (IN1K: 5 epochs from start_lr) then cosine to final_lr, weight decay cosine
       from weight_decay to final_weight_decay (constant in every released config but IN1K's first head).
@@ -144,8 +144,8 @@ def make_probe_optimizer(lr=1e-3, final_lr=0.0, weight_decay=0.01, final_weight_
 
   init(params, hparams=None): hparams (HeadHparams, e.g. from head_hparams) are this probe's schedule values; by
   default the ones given here. Vmapping init and update over stacked params and HeadHparams trains K probes.
-  [quirk, reference §6.2] V-JEPA 1 configs pass final_weight_decay 1e-6: the official V-JEPA 1 eval does not read
-  final_wd, so the decay fades to almost nothing by the end. total_steps = epochs * iterations per epoch.
+  [quirk, docs/reference.md §6.2] V-JEPA 1 configs pass final_weight_decay 1e-6: the official V-JEPA 1 eval does not
+  read final_wd, so the decay fades to almost nothing by the end. total_steps = epochs * iterations per epoch.
   """
   default = _constant_head(lr, final_lr, weight_decay, final_weight_decay, start_lr, warmup_steps)
   b1, b2, eps = 0.9, 0.999, 1e-8

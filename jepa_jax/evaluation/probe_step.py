@@ -1,4 +1,5 @@
-"""The attentive probe's train and eval steps, the official multi-view prediction and top-k counts (reference 6).
+"""The attentive probe's train and eval steps, the official multi-view prediction and top-k counts (docs/reference.md
+§6).
 
 Training: 1 view, loss = mean cross-entropy over the probe inputs of an example. Test: prediction = mean of the
 softmax over views (and segments when not attending across them); top-1 and top-5 are counts of correct examples,

@@ -107,7 +107,8 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, rngs: nnx.Rngs, *,
 def build_predictor(model_cfg: ml_collections.ConfigDict, num_mask_tokens: int,
                     rngs: nnx.Rngs) -> VisionTransformerPredictor:
   """The predictor for the configured encoder: num_mask_tokens tokens (one per mask generator in V-JEPA 1, 10 in
-  the V-JEPA 2 files; jepa_jax.train_state.num_mask_tokens) used by config.model.mask_token_rule (reference §2.3)."""
+  the V-JEPA 2 files; jepa_jax.train_state.num_mask_tokens) used by config.model.mask_token_rule (docs/reference.md
+  §2.3)."""
   dims = model_dims(model_cfg)
   with nnx.use_eager_sharding(False):
     return VisionTransformerPredictor(

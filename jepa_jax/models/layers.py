@@ -1,4 +1,4 @@
-"""Building blocks shared by the encoder and the predictor (reference §2.2).
+"""Building blocks shared by the encoder and the predictor (docs/reference.md §2.2).
 
 Modules are named like the official PyTorch modules so that a parameter path joined with '.' is the PyTorch
 state_dict key (see jepa_jax/torch_layout.py). Parameters are float32; `dtype` is the compute dtype of the matmuls.
@@ -23,7 +23,7 @@ from jepa_jax.models import rope
 
 LN_EPS = 1e-6
 
-# [quirk §2.2 Initialisation] The official pretraining re-initialises every Linear after construction
+# [quirk, docs/reference.md §2.2, Initialisation] Official pretraining re-initialises every Linear after construction
 # (app/vjepa/utils.py:init_video_model), which overwrites the depth rescale of proj/fc2: all Linear weights end
 # up N(0, 0.02), biases 0. Its trunc_normal_ cuts at the absolute bounds [-2, 2], i.e. never at std 0.02, so the
 # matching JAX initialiser is a plain normal; jax's truncated_normal would cut at 2 sigma and shrink the std.
@@ -35,7 +35,7 @@ def constrain(x: jax.Array) -> jax.Array:
   """Pins the residual stream [B, N, D] to batch sharding.
 
   Without it XLA's SPMD partitioner produced silently wrong numbers on a (2, 2, 2) mesh
-  (reference/nnx_functional_patterns.md §0). A no-op when no logical axis rules are active.
+  (docs/reference.md §10, activation sharding constraints). A no-op when no logical axis rules are active.
   """
   return nn.with_logical_constraint(x, ("batch", None, None))
 
@@ -67,7 +67,7 @@ def layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Positional tables (reference §2.2 "Positional embedding"). Computed, never learned, so not nnx.Params.
+# Positional tables (docs/reference.md §2.2 "Positional embedding"). Computed, never learned, so not nnx.Params.
 
 
 def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
@@ -298,7 +298,7 @@ def make_blocks(depth: int, make_block: Callable[[nnx.Rngs], Block], *, scan_lay
     return nnx.List([make_block(rngs) for _ in range(depth)])
 
   # Without transform_metadata the stacked params keep 2-D names on 3-D arrays and the layer axis gets sharded
-  # (reference/nnx_functional_patterns.md §4).
+  # (docs/reference.md §10, scanned blocks).
   @nnx.split_rngs(splits=depth)
   @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
   def stack(r):

@@ -1,6 +1,6 @@
 """One forward pass for several mask generators: their token sequences packed into one.
 
-The official step runs the context encoder and the predictor once per mask generator (reference §4.2): twice as
+The official step runs the context encoder and the predictor once per mask generator (docs/reference.md §4.2): twice as
 many, half-size kernels. Each generator has fixed token counts (input_pipeline/masks.py), so two static ways to
 pack them exist, and both compute exactly the per-generator function:
 

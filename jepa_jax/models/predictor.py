@@ -1,4 +1,5 @@
-"""The V-JEPA predictor (reference §2.3): narrow transformer that fills target positions from context tokens."""
+"""The V-JEPA predictor (docs/reference.md §2.3): a narrow transformer that fills target positions from
+context tokens."""
 from collections.abc import Sequence
 
 import jax
@@ -50,8 +51,8 @@ class VisionTransformerPredictor(nnx.Module):
 
     # D -> 384 and back: only the predictor side carries 'embed', so the two axes never map to the same mesh axis.
     self.predictor_embed = layers.linear(embed_dim, predictor_embed_dim, (None, "embed"), "norm", dtype, rngs)
-    # [quirk §2.3] Mask tokens are nn.Parameters, not modules, so the official Linear re-init never touches them:
-    # they stay zero with zero_init_mask_tokens (else trunc_normal(0.02) ~ normal(0.02)).
+    # [quirk, docs/reference.md §2.3] Mask tokens are nn.Parameters, not modules, so the official Linear re-init never
+    # touches them: they stay zero with zero_init_mask_tokens (else trunc_normal(0.02) ~ normal(0.02)).
     token_init = layers.zeros_init if zero_init_mask_tokens else layers.weight_init
     self.mask_tokens = nnx.List([
         nnx.Param(token_init(rngs.params(), (1, 1, predictor_embed_dim), jnp.float32),
@@ -138,7 +139,8 @@ class VisionTransformerPredictor(nnx.Module):
     if not self.use_rope:
       pos = jnp.asarray(self.pos_embed())
       x, targets = x + pos[context_indices], targets + pos[target_indices]
-    # [quirk §2.3] V1 concatenates [context; targets] without sorting by position, full attention, no mask.
+    # [quirk, docs/reference.md §2.3] V1 concatenates [context; targets] without sorting by position, full attention,
+    # no mask.
     return jnp.concatenate([x, targets], axis=1)
 
   def _blocks(self, x: jax.Array, layout: TokenLayout) -> jax.Array:

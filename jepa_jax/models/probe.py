@@ -5,7 +5,7 @@ path joined with '.' is the official probe key without the DDP 'module.' prefix 
 transpose, scale->weight). A released probe therefore loads by renaming leaves, and ours export the same way.
 
 depth (the official num_probe_blocks) selects the generation:
-  1  V-JEPA 1 (reference §6.1): the cross-attention block alone, with the unused xattn.proj kept as a parameter.
+  1  V-JEPA 1 (docs/reference.md §6.1): the cross-attention block alone, the unused xattn.proj kept as a parameter.
   >1 V-JEPA 2 (docs/reference.md §9.5; 4 in every released eval config): depth - 1 self-attention Blocks over all
      encoder tokens (plain attention: no RoPE, no positions), then the cross-attention block, whose xattn has q and
      kv only (the V-JEPA 2 CrossAttention has no proj parameter at all).
@@ -26,7 +26,7 @@ _EMBED, _HEADS, _MLP, _NORM, _CLASSES = 'embed', 'heads', 'mlp', 'norm', 'classe
 
 def _normal(std, names):
   # Official init is trunc_normal_(std=0.02) with the default *absolute* bounds a=-2, b=2, i.e. +-100 std: it
-  # never truncates, so a plain normal draws from the same distribution (reference 6.1, 10).
+  # never truncates, so a plain normal draws from the same distribution (docs/reference.md §6.1, §10).
   return nnx.with_partitioning(nnx.initializers.normal(std), names)
 
 
@@ -75,9 +75,9 @@ class CrossAttention(nnx.Module):
     self.q = _linear(dim, dim, (_EMBED, _HEADS), rngs, dtype, use_bias=qkv_bias)
     self.kv = _linear(dim, 2 * dim, (_EMBED, _HEADS), rngs, dtype, use_bias=qkv_bias)
     if with_proj:
-      # [quirk, reference 6.1] V-JEPA 1: proj is created (and initialised, and rescaled) so the state dict matches
-      # the released probes, but forward does not apply it: adding it (jepa PR #17) broke the released probes and
-      # was reverted (a0517b4); jepa issue #94. It receives zero gradient. V-JEPA 2 drops the parameter.
+      # [quirk, docs/reference.md §6.1] V-JEPA 1: proj is created (and initialised, and rescaled) so the state dict
+      # matches the released probes, but forward does not apply it: adding it (jepa PR #17) broke the released probes
+      # and was reverted (a0517b4); jepa issue #94. It receives zero gradient. V-JEPA 2 drops the parameter.
       self.proj = _linear(dim, dim, (_HEADS, _EMBED), rngs, dtype)
 
   def __call__(self, q, x):

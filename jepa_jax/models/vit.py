@@ -1,4 +1,4 @@
-"""The V-JEPA video encoder (also the target encoder) and the official model zoo (reference §2.1, §2.2)."""
+"""The V-JEPA video encoder (also the target encoder) and the official model zoo (docs/reference.md §2.1, §2.2)."""
 import dataclasses
 from collections.abc import Sequence
 
@@ -98,7 +98,7 @@ class VisionTransformer(nnx.Module):
 
   def _as_clip(self, x: jax.Array) -> jax.Array:
     if x.ndim == 4:
-      # Official image eval: a forward pre-hook repeats each image num_frames times along time (reference §6.3).
+      # Official image eval: a forward pre-hook repeats each image num_frames times in time (docs/reference.md §6.3).
       x = jnp.repeat(x[:, None], self.num_frames, axis=1)
     _, t, h, w, _ = x.shape
     if t % self.tubelet_size or h % self.patch_size or w % self.patch_size:
@@ -135,7 +135,7 @@ def _gather(tokens: jax.Array, indices: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Model zoo (reference §2.1). Every official model uses qkv_bias=True and LayerNorm eps 1e-6.
+# Model zoo (docs/reference.md §2.1). Every official model uses qkv_bias=True and LayerNorm eps 1e-6.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +157,8 @@ MODEL_SIZES = {
     "vit_huge": ZooSize(16, 1280, 32, 16),
     # mlp_ratio 48/11 gives int(1408 * 48/11) = int(6144.0) = 6144 hidden units.
     "vit_giant": ZooSize(16, 1408, 40, 16, 48 / 11),
-    # [quirk §2.1] The official factory passes `mpl_ratio=64/13` (a typo) that **kwargs swallows, so the MLP keeps
-    # the default ratio 4.0 (hidden 6656). We reproduce the effective model. Its default patch size is 14.
+    # [quirk, docs/reference.md §2.1] The official factory passes `mpl_ratio=64/13` (a typo) that **kwargs swallows, so
+    # the MLP keeps the default ratio 4.0 (hidden 6656). We reproduce the effective model. Its default patch size is 14.
     "vit_gigantic": ZooSize(14, 1664, 48, 16, 4.0),
     # V-JEPA 2 (docs/reference.md §9.1). The released "ViT-g" is vit_giant_xformers: 22 heads of 64 channels (the
     # 16-head vit_giant above is not a V-JEPA 2 model); hidden int(1408 * 48/11) = 6144. L and H are unchanged.

@@ -1,12 +1,12 @@
-"""Shared builder of the frozen-evaluation configs (reference 6.4): configs/eval/<model>_<task>.py call get().
+"""Shared builder of the frozen-evaluation configs (docs/reference.md §6.4): configs/eval/<model>_<task>.py call get().
 
 An eval config is a pretraining config's `model` and `mesh` (so the encoder is built exactly as it was
 pretrained) plus `eval`, the probe recipe. `pretrained` is a workdir of ours or an official .pth.tar; the
 encoder read from it is `checkpoint_key` ('target_encoder', as every official eval config, or 'encoder').
 
 Official values shared by every task: 20 epochs, lr 1e-3 cosine to 0 without warmup, weight decay cosine to
-1e-6 whatever the config says ([quirk] final_wd is not read, reference 6.2), grad clip 1.0, 16 frames with step 4
-(read from pretrain.frame_step), encoder built with 16 frames, tubelet 2, uniform_power.
+1e-6 whatever the config says ([quirk] final_wd is not read, docs/reference.md §6.2), grad clip 1.0, 16 frames with
+step 4 (read from pretrain.frame_step), encoder built with 16 frames, tubelet 2, uniform_power.
 """
 import ml_collections
 
@@ -62,7 +62,7 @@ def get(model: str, task: str) -> ml_collections.ConfigDict:
   e.lr = 1e-3
   e.final_lr = 0.0
   e.weight_decay = weight_decay
-  e.final_weight_decay = 1e-6  # [quirk] hard-coded in the official eval, reference 6.2
+  e.final_weight_decay = 1e-6  # [quirk] hard-coded in the official eval, docs/reference.md §6.2
   e.clip_grad = 1.0
   e.probe_num_heads = 0  # 0: the encoder's heads (16 for ViT-L/H), as the official AttentiveClassifier
   # The probe and protocol fields V-JEPA 2 sets (configs/eval/vjepa2/common.py); these values are V-JEPA 1's.
@@ -72,7 +72,7 @@ def get(model: str, task: str) -> ml_collections.ConfigDict:
   e.out_layers = ()  # encoder blocks whose normed outputs are joined along the tokens; (): the last block's
   e.probe_checkpoint = ""  # a probe file or probe run: evaluate its probes on the val split only, no training
   e.probe_remat = False  # recompute the probe blocks' activations in the backward pass (memory; same numbers)
-  # Official training transform (reference 6.2 / 6.3); the demo shrinks the crop scale for 64-pixel videos.
+  # Official training transform (docs/reference.md §6.2 / §6.3); the demo shrinks the crop scale for 64-pixel videos.
   e.random_resize_scale = (0.08, 1.0)
   e.auto_augment = True
   e.reprob = 0.25

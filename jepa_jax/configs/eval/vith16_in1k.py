@@ -1,4 +1,4 @@
-"""vith16 frozen attentive probe on in1k (official configs/evals/vith16_in1k*.yaml; reference 6.4)."""
+"""vith16 frozen attentive probe on in1k (official configs/evals/vith16_in1k*.yaml; docs/reference.md §6.4)."""
 from jepa_jax.configs.eval import base
 
 

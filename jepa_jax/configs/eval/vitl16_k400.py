@@ -1,4 +1,4 @@
-"""vitl16 frozen attentive probe on k400 (official configs/evals/vitl16_k400*.yaml; reference 6.4)."""
+"""vitl16 frozen attentive probe on k400 (official configs/evals/vitl16_k400*.yaml; docs/reference.md §6.4)."""
 from jepa_jax.configs.eval import base
 
 

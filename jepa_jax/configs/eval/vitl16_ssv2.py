@@ -1,4 +1,4 @@
-"""vitl16 frozen attentive probe on ssv2 (official configs/evals/vitl16_ssv2*.yaml; reference 6.4)."""
+"""vitl16 frozen attentive probe on ssv2 (official configs/evals/vitl16_ssv2*.yaml; docs/reference.md §6.4)."""
 from jepa_jax.configs.eval import base
 
 

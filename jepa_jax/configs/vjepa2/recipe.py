@@ -1,5 +1,6 @@
 """What every V-JEPA 2 config shares: the official pretrain-256px-16f.yaml recipe (docs/reference.md §9.3) and the
-changes of its cooldown-*-64f.yaml (§9.4). The shipped configs call these with their model and batch."""
+changes of its cooldown-*-64f.yaml (docs/reference.md §9.4). The shipped configs call these with their model and
+batch."""
 from jepa_jax.configs import default
 
 # K710, SSv2 and HowTo100M lists, in the order of datasets_weights (the official yaml's order).
