@@ -40,8 +40,9 @@ def validate_model(model, platform: str | None = None) -> None:
            f"{model.tubelet_size}; use a multiple of the tubelet size.")
   _require(model.dtype in ("float32", "bfloat16", "float16"),
            f"config.model.dtype={model.dtype!r} is not a compute dtype; use 'float32', 'bfloat16' or 'float16'.")
-  _require(model.remat in ("none", "full", "dots", "dots_no_batch"),
-           f"config.model.remat={model.remat!r}; use 'none', 'full', 'dots' or 'dots_no_batch'.")
+  _require(model.remat in ("none", "full", "dots", "dots_no_batch", "auto"),
+           f"config.model.remat={model.remat!r}; use 'none', 'full', 'dots', 'dots_no_batch' or 'auto' (the chip's "
+           "plan: jepa_jax/remat_plans.py).")
   try:
     attention.resolve(model.attention_impl, platform or jax.default_backend(), model.dtype)
     packing.check(model.context_packing, "config.model.context_packing")

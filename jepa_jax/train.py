@@ -22,12 +22,14 @@ from jepa_jax import flops as flops_lib
 from jepa_jax import metrics as metrics_lib
 from jepa_jax import optim
 from jepa_jax import profiling
+from jepa_jax import remat_plans
 from jepa_jax import schedules
 from jepa_jax import sharding
 from jepa_jax import synthetic_data
 from jepa_jax import train_state
 from jepa_jax import train_step as train_step_lib
 from jepa_jax import visualize
+from jepa_jax.models import attention
 from jepa_jax.progress import ProgressBar
 
 
@@ -43,6 +45,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # --- Config check: before anything is built or compiled ---
   num_devices = jax.device_count()
   per_device_batch = config_validation.validate_pretrain_config(config, num_devices)
+  with config.unlocked():  # 'auto' -> this chip's plan, before config.json and the checkpoints record the config
+    remat_plans.resolve(config.model, jax.devices()[0].device_kind, per_device_batch,
+                        attention.resolve(config.model.attention_impl, jax.default_backend(), config.model.dtype))
   if is_primary:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))

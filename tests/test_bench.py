@@ -63,3 +63,31 @@ def test_demo_step_compiles_for_a_v5e_topology_with_memory_analysis():
   row = plan.plan_one("demo", "v5e", per_device_batch=4, remat="none", size=TINY_SIZE)
   assert row["fits"] and row["devices"] == 8 and row["fsdp"] == 8
   assert row["argument_gib"] > 0 and 0 < row["peak_gib"] < row["hbm_gib"]
+
+
+def _fit_row(model, depth, pred_depth, seconds, remat="none"):
+  return {"model": model, "topology": "v5p", "per_device_batch": 24, "remat": remat, "fsdp": 4, "dtype": "bfloat16",
+          "scan": False, "attention": "splash", "packing": "sequence/", "size": f"depth={depth},pred_depth={pred_depth}",
+          "fits": True, "compiler_optimal_s": seconds, "num_context": [362, 101], "num_target": [754, 1102]}
+
+
+def test_the_step_time_fit_reads_full_depth_from_small_unrolled_compiles_and_reports_its_check():
+  """fit_step_time on a line t = 0.5 + 0.25 d + 0.125 p: the full-depth estimate (24, 12), a check point's error,
+  and ViT-H borrowing ViT-L's predictor cost (same predictor on the same tokens) from two encoder depths."""
+  plan = _load("memory_plan")
+  line = lambda d, p, a=0.5, b=0.25: a + b * d + 0.125 * p  # noqa: E731
+  assert plan.fit_step_time([(1, 1, line(1, 1)), (2, 1, line(2, 1)), (1, 2, line(1, 2))]) == pytest.approx(
+      (0.5, 0.25, 0.125))
+  rows = [_fit_row("vitl16", d, p, line(d, p)) for d, p in plan.FIT_DEPTHS]
+  rows.append(_fit_row("vitl16", 4, 2, 1.1 * line(4, 2)))  # a check point 10% above the line
+  rows += [_fit_row("vith16", d, 1, line(d, 1, a=0.75, b=0.5)) for d in (1, 2)]
+  rows.append(_fit_row("vith16", 1, 1, 9.0, remat="full"))  # one point, no donor with remat full: no estimate
+  est = plan.step_estimates(rows)
+  large = est[("vitl16", "v5p", 24, "none", 4, "bfloat16", "splash", "sequence/sequence")]
+  assert large["estimate_s"] == pytest.approx(line(24, 12)) and large["source"] == "fit"
+  assert [c[:2] for c in large["checks"]] == [(4, 2)] and large["checks"][0][3] == pytest.approx(1 / 1.1 - 1)
+  huge = est[("vith16", "v5p", 24, "none", 4, "bfloat16", "splash", "sequence/sequence")]
+  assert huge["estimate_s"] == pytest.approx(line(32, 12, a=0.75, b=0.5)) and huge["source"] == "b_pred of vitl16"
+  assert len(est) == 2
+  with pytest.raises(ValueError, match="3 distinct"):
+    plan.fit_step_time([(1, 1, 1.0), (2, 1, 2.0)])

@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   # kernel (splash: "sequence", cudnn/xla on accelerators: "batch", CPU: "none"). See jepa_jax/models/packing.py.
   model.context_packing = "sequence"
   model.predictor_packing = ""
-  model.remat = "none"  # "none" | "full" | "dots" (save matmul outputs) | "dots_no_batch".
+  model.remat = "none"  # "none" | "full" | "dots" (save matmul outputs) | "dots_no_batch" | "auto" (remat_plans.py).
   model.scan_layers = False
 
   # --- data (docs/reference.md §5) ---

@@ -12,9 +12,10 @@ def get_config():
   config.model.name = "vit_large"
   config.data.batch_size = 3072
   config.mesh.shape = (-1, 1, 1)
-  # Measured ahead of time (docs/performance.md, memory plan): without remat the XLA attention keeps every layer's
-  # f32 probabilities for the backward, which does not fit even 95 GB at the official per-device batch; full remat
-  # fits every chip listed there. Scanned blocks keep the compile time flat in depth.
-  config.model.remat = "full"
+  # The fastest plan that fits this chip at this per-chip batch, from the ahead-of-time TPU compiles
+  # (jepa_jax/remat_plans.py, docs/performance.md "Memory plan"): with splash attention no layer keeps its softmax,
+  # so a lighter remat than full fits where a plan was compiled; elsewhere 'auto' takes full remat, which fits every
+  # chip compiled. Scanned blocks keep the compile time flat in depth.
+  config.model.remat = "auto"
   config.model.scan_layers = True
   return config

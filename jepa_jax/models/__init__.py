@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from jepa_jax import remat_plans
 from jepa_jax.models.predictor import VisionTransformerPredictor
 from jepa_jax.models.vit import MODEL_SIZES, MODEL_ZOO, VisionTransformer
 
@@ -27,7 +28,10 @@ def _common(cfg: ml_collections.ConfigDict) -> dict:
               tubelet_size=cfg.tubelet_size, uniform_power=cfg.uniform_power,
               pos_embed=cfg.get("pos_embed", "sincos"), depth_rescale_init=bool(cfg.get("depth_rescale_init", False)),
               dtype=_DTYPES[cfg.dtype],
-              attention_impl=cfg.attention_impl or None, remat=cfg.remat, scan_layers=cfg.scan_layers)
+              attention_impl=cfg.attention_impl or None, scan_layers=cfg.scan_layers,
+              # 'auto' is resolved per chip by training (jepa_jax/remat_plans.py); a model built elsewhere (loading a
+              # shipped config for features) takes the plans' fallback.
+              remat=remat_plans.FALLBACK if cfg.remat == "auto" else cfg.remat)
 
 
 def _size_overrides(cfg: ml_collections.ConfigDict) -> dict:
