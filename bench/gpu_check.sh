@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # One-shot GPU check of the train step (issue 8): ViT-L/16 at real size (16x224x224, 1568 tokens), bf16, 24 clips
-# per device, attention xla and cudnn x remat none and dots, then the PyTorch eager step on the same GPU with the
-# same shapes and masks. Writes a markdown table (and the raw JSON rows) to $OUT, or bench/results/ when OUT is
+# per device, attention xla and cudnn x remat none and dots (the packed pass for both mask generators, the configs'
+# default), cudnn with the official pass per generator, then the PyTorch step (eager and torch.compile) on the same
+# GPU with the same shapes and masks. Writes a markdown table (and the raw JSON rows) to $OUT, or bench/results/ when OUT is
 # unset. Uses the python, jax and torch already on the machine; installs nothing.
 #
-#   bash bench/gpu_check.sh            # about 6-7 minutes on one H100/H200
+#   bash bench/gpu_check.sh            # about 7-9 minutes on one H100/H200
 #   bash bench/gpu_check.sh --dry-run  # print the commands only
 #
 # Environment: PYTHON (default python3), GPU_DEPS (a folder prepended to PYTHONPATH, for pure-python packages the
 # machine lacks: flax, optax, ml_collections), STEPS (timed steps, default 20), RUN_TIMEOUT (seconds per run,
-# default 95: five runs stay under 8 minutes), BENCH_ARGS (model arguments; default the ViT-L/16 ones).
+# default 70; COMPILE_TIMEOUT for the torch.compile run, default 150: seven runs stay under 10 minutes), BENCH_ARGS (model arguments; default the ViT-L/16 ones).
 set -u -o pipefail
 
 DRY_RUN=0
@@ -20,7 +21,8 @@ fi
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 STEPS="${STEPS:-20}"
-RUN_TIMEOUT="${RUN_TIMEOUT:-95}"
+RUN_TIMEOUT="${RUN_TIMEOUT:-70}"
+COMPILE_TIMEOUT="${COMPILE_TIMEOUT:-150}"
 RESULTS="${OUT:-$REPO/bench/results}"
 TABLE="$RESULTS/gpu_check.md"
 JSONL="$RESULTS/gpu_check.jsonl"
@@ -40,14 +42,18 @@ RUNS=(
   "xla-dots|--attention=xla --remat=dots"
   "cudnn-none|--attention=cudnn --remat=none"
   "cudnn-dots|--attention=cudnn --remat=dots"
+  "cudnn-none-pass-per-generator|--attention=cudnn --remat=none --packing=none/none"
   "torch-eager|--torch-only"
+  "torch-compile|--torch-only --torch-compile"
 )
 
 run() {
   local label="$1" extra="$2"
   local -a cmd extra_args
   read -r -a extra_args <<< "$extra"
-  cmd=(timeout "$RUN_TIMEOUT" "$PYTHON" "${COMMON[@]}" "--label=vitl16 $label" "${extra_args[@]}")
+  local limit="$RUN_TIMEOUT"
+  [[ "$label" == *compile* ]] && limit="$COMPILE_TIMEOUT"  # torch.compile compiles inside its warmup steps
+  cmd=(timeout "$limit" "$PYTHON" "${COMMON[@]}" "--label=vitl16 $label" "${extra_args[@]}")
   if (( DRY_RUN )); then
     printf '%q ' "${cmd[@]}"
     printf '\n'
@@ -100,19 +106,24 @@ done
 "$PYTHON" - "$JSONL" >> "$TABLE" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-torch_rows = [r for r in rows if r.get("torch_step_ms") and r.get("step_ms") is None]
+torch_rows = {("compile" if "compile" in r["run"] else "eager"): r["torch_step_ms"]
+              for r in rows if r.get("torch_step_ms") and r.get("step_ms") is None}
 print()
 if not torch_rows:
   print("no PyTorch row: no ratio")
   sys.exit(0)
-t = torch_rows[0]["torch_step_ms"]
-print(f"PyTorch eager step: {t:.1f} ms")
+for kind, ms in torch_rows.items():
+  print(f"PyTorch {kind} step: {ms:.1f} ms")
 print()
-print("| JAX run | step ms | MFU | throughput vs PyTorch eager |")
-print("|---|---|---|---|")
+kinds = sorted(torch_rows)
+print("| JAX run | step ms | MFU | peak GiB | " + " | ".join(f"throughput vs PyTorch {k}" for k in kinds) + " |")
+print("|---|---|---|---|" + "---|" * len(kinds))
 for r in rows:
   if r.get("step_ms"):
     mfu = "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
-    print(f"| {r['run']} | {r['step_ms']:.1f} | {mfu} | {t / r['step_ms']:.2f}x |")
+    peak = r.get("device_peak_bytes") or r.get("compiled_peak_bytes")
+    peak = "n/a" if not peak else f"{peak / 2**30:.1f}"
+    print(f"| {r['run']} | {r['step_ms']:.1f} | {mfu} | {peak} | "
+          + " | ".join(f"{torch_rows[k] / r['step_ms']:.2f}x" for k in kinds) + " |")
 EOF
 cat "$TABLE"

@@ -199,7 +199,7 @@ class TorchRunner:
   grad-norm clipping; AdamW (official 4 groups); EMA with torch._foreach ops, as app/vjepa/train.py."""
 
   def __init__(self, config, dims: ModelDims, batches: list[dict], device: str = "cpu", threads: int = 0,
-               seed: int = 0):
+               seed: int = 0, compile_modules: bool = False):
     import torch
     import torch.nn.functional as F
     from tests import torch_reference as ref
@@ -235,6 +235,9 @@ class TorchRunner:
     self.momentum = float(config.optim.ema[0])
     self.q_params = list(self.encoder.parameters())
     self.k_params = list(self.target.parameters())
+    self.modules = {"target": self.target, "encoder": self.encoder, "predictor": self.predictor}
+    if compile_modules:  # torch.compile's graphs share the modules' parameters; the optimizer and EMA see the same
+      self.modules = {k: torch.compile(m) for k, m in self.modules.items()}
     mean = np.array([0.485, 0.456, 0.406], np.float32) * 255
     std = np.array([0.229, 0.224, 0.225], np.float32) * 255
     # The official loader hands the step normalised float clips [B, 3, T, H, W]; so do we (outside the timing).
@@ -258,12 +261,12 @@ class TorchRunner:
                               enabled=self.dtype != torch.float32)
     with autocast:
       with torch.no_grad():
-        h = self.target(batch["clips"])
+        h = self.modules["target"](batch["clips"])
         h = F.layer_norm(h, (h.size(-1),))
       losses = []
       for i, (c, t) in enumerate(zip(batch["context_masks"], batch["target_masks"])):
-        z = self.encoder(batch["clips"], masks=c)
-        pred = self.predictor(z, c, t, mask_index=i)
+        z = self.modules["encoder"](batch["clips"], masks=c)
+        pred = self.modules["predictor"](z, c, t, mask_index=i)
         target = torch.gather(h, 1, t.unsqueeze(-1).expand(-1, -1, h.size(-1)))
         losses.append(torch.mean(torch.abs(pred.float() - target.float())))
       loss = sum(losses) / len(losses)
@@ -325,7 +328,8 @@ def markdown_row(r: dict) -> str:
 
 
 def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, rounds: int = 3, seed: int = 0,
-                  label: str = "", torch_threads: int = 0, num_batches: int = 4, torch_only: bool = False) -> dict:
+                  label: str = "", torch_threads: int = 0, num_batches: int = 4, torch_only: bool = False,
+                  torch_compile: bool = False) -> dict:
   """Compiles, warms up and times the JAX step (and the PyTorch one, interleaved in `rounds` blocks so that load
   changes on a shared machine hit both alike). Returns the row as a dict.
 
@@ -341,7 +345,8 @@ def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, round
   torch_runner = None
   if compare_torch or torch_only:
     torch_device = "cuda" if devices[0].platform == "gpu" else "cpu"
-    torch_runner = TorchRunner(config, dims, batches, device=torch_device, threads=torch_threads, seed=seed)
+    torch_runner = TorchRunner(config, dims, batches, device=torch_device, threads=torch_threads, seed=seed,
+                               compile_modules=torch_compile)
   runners = [r for r in (jax_runner, torch_runner) if r is not None]
   times = {id(r): [] for r in runners}
   for r in runners:
@@ -410,6 +415,8 @@ def main(argv=None) -> int:
   p.add_argument("--rounds", type=int, default=3, help="interleaved JAX/torch timing blocks")
   p.add_argument("--compare-torch", action="store_true", help="also time the PyTorch eager step")
   p.add_argument("--torch-only", action="store_true", help="time only the PyTorch step (separate process on GPU)")
+  p.add_argument("--torch-compile", action="store_true",
+                 help="run the PyTorch step's modules through torch.compile (the warmup steps absorb the compile)")
   p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads on CPU (0: torch default)")
   p.add_argument("--label", default="", help="name of the run in the table")
   p.add_argument("--json", default="", help="append the row as one JSON line to this file")
@@ -426,7 +433,7 @@ def main(argv=None) -> int:
             mesh_shape=(-1, 1, 1), packing=args.packing)
   row = run_benchmark(config, steps=args.steps, warmup=args.warmup, compare_torch=args.compare_torch,
                       rounds=args.rounds, label=args.label, torch_threads=args.torch_threads,
-                      torch_only=args.torch_only)
+                      torch_only=args.torch_only, torch_compile=args.torch_compile)
   if not args.no_header:
     print(markdown_header())
   print(markdown_row(row), flush=True)
