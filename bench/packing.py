@@ -37,6 +37,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from input_pipeline import masks as masks_lib  # noqa: E402
+from jepa_jax import compiled_step  # noqa: E402
 from jepa_jax import flops  # noqa: E402
 from jepa_jax.models import model_dims  # noqa: E402
 
@@ -86,7 +87,7 @@ def tpu_cost(args, variant) -> dict:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {"tpu_gflop": cost["flops"] / 1e9, "tpu_gbytes": cost["bytes accessed"] / 1e9,
           "tpu_optimal_us": cost.get("optimal_seconds", float("nan")) * 1e6,
-          "tpu_peak_mib": bench.memory_figures(compiled)["peak"] / 2 ** 20}
+          "tpu_peak_mib": compiled_step.memory_figures(compiled)["peak"] / 2 ** 20}
 
 
 def main(argv=None) -> int:

@@ -91,3 +91,17 @@ def test_the_step_time_fit_reads_full_depth_from_small_unrolled_compiles_and_rep
   assert len(est) == 2
   with pytest.raises(ValueError, match="3 distinct"):
     plan.fit_step_time([(1, 1, 1.0), (2, 1, 2.0)])
+
+
+def test_packing_bench_prints_the_waste_of_every_packing(capsys):
+  """bench/packing.py --analytic-only: one row per packing; the pass per generator wastes nothing, splash's
+  sequence packing wastes nothing, and batch packing of the context wastes more than its sequence packing."""
+  packing_bench = _load("packing")
+  assert packing_bench.main(["--analytic-only", "--config=configs/vitl16.py", "--batch=24"]) == 0
+  rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()
+          if line.startswith("| ") and "/" in line.split(" | ")[0] and not line.startswith("| context")}
+  assert set(rows) == {"none/none", "sequence/batch", "sequence/sequence", "batch/batch", "batch/sequence"}
+  waste = {k: float(r[2].split(" ")[0]) for k, r in rows.items()}
+  waste_splash = {k: float(r[3]) for k, r in rows.items()}
+  assert waste["none/none"] == 0 and waste_splash["sequence/sequence"] == 0
+  assert waste["batch/batch"] > waste["sequence/batch"] > 0
