@@ -271,6 +271,7 @@ def test_two_processes_of_four_devices_match_one_process(videos, single_process_
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+@pytest.mark.four_process
 def test_sigterm_to_one_of_four_workers_stops_all_at_one_step_and_a_restart_resumes_exactly(
     videos, single_process_losses):
   """SIGTERM reaches one worker only (as when one host of a slice is preempted first). JAX's preemption sync
@@ -298,6 +299,7 @@ def test_sigterm_to_one_of_four_workers_stops_all_at_one_step_and_a_restart_resu
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+@pytest.mark.four_process
 def test_a_killed_worker_stops_the_job_and_a_restart_resumes_exactly(videos, single_process_losses):
   """kill -9 of one worker: the launcher stops the others (they cannot finish a collective without it) and
   fails; the restart takes over process 0's stale workdir lock and resumes from the last complete step."""
