@@ -425,7 +425,7 @@ def _read_hf(path: str, key: str) -> EncoderFile:
 def _hf_model(fields: Mapping[str, Any], sd: Mapping[str, np.ndarray], path: str) -> dict:
   """config.model fields from a transformers config.json: the zoo model of those sizes, else explicit sizes."""
   dims = state_dict_dims(sd)
-  names = [n for n in checkpoint_files.v2_zoo_name(_zoo_names(dims))
+  names = [n for n in checkpoint_files.v2_zoo_name(checkpoint_files.zoo_names(dims))
            if MODEL_SIZES[n].num_heads == fields["num_heads"]]
   encoder = {k: fields[k] for k in ("patch_size", "tubelet_size", "num_frames", "crop_size")}
   size = ({"name": names[0]} if len(names) == 1 else
@@ -468,21 +468,13 @@ def _read_export_safetensors(path: str, key: str) -> EncoderFile:
 # --- the model from a V-JEPA 1 encoder's tensors ---------------------------------------------------------------
 
 def state_dict_dims(sd: Mapping[str, np.ndarray]) -> dict:
-  """Width, depth, MLP width, patch and tubelet of an encoder state_dict (official V-JEPA 1 keys)."""
-  if "patch_embed.proj.weight" not in sd or "blocks.0.mlp.fc1.weight" not in sd:
+  """Width, depth, MLP width, patch and tubelet of an encoder state_dict (checkpoint_files.encoder_dims), or an
+  EncoderSourceError saying it is not one."""
+  dims = checkpoint_files.encoder_dims(sd)
+  if dims is None:
     raise EncoderSourceError(f"not a V-JEPA encoder state_dict: no patch_embed.proj.weight / blocks.0.mlp.fc1.weight "
                              f"(keys {sorted(sd)[:8]}...)")
-  width, _, tubelet, patch, _ = np.shape(sd["patch_embed.proj.weight"])
-  return {"embed_dim": int(width), "depth": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
-          "mlp_hidden": int(np.shape(sd["blocks.0.mlp.fc1.weight"])[0]), "patch_size": int(patch),
-          "tubelet_size": int(tubelet)}
-
-
-def _zoo_names(dims: Mapping[str, int]) -> list[str]:
-  """The zoo models (models/vit.py MODEL_SIZES) of this width, depth and MLP width."""
-  return [name for name, z in MODEL_SIZES.items()
-          if (z.embed_dim, z.depth, int(z.embed_dim * z.mlp_ratio)) == (dims["embed_dim"], dims["depth"],
-                                                                         dims["mlp_hidden"])]
+  return dims
 
 
 def _describe_dims(dims: Mapping[str, Any]) -> str:
@@ -493,7 +485,7 @@ def _describe_dims(dims: Mapping[str, Any]) -> str:
 def describe_state_dict(sd: Mapping[str, np.ndarray]) -> str:
   """'width 1024, depth 24, MLP 4096, patch 16, tubelet 2 (vit_large)' for messages."""
   dims = state_dict_dims(sd)
-  names = _zoo_names(dims)
+  names = checkpoint_files.zoo_names(dims)
   return _describe_dims(dims) + (f" ({' or '.join(names)})" if names else " (no zoo model has these dimensions)")
 
 
@@ -520,7 +512,7 @@ def infer_v1_model(sd: Mapping[str, np.ndarray], description: str) -> dict:
   do not show in shapes, so exactly one zoo model must match), and the clip size whose sin-cos table is the file's
   pos_embed. Raises ModelConfigNeeded otherwise."""
   dims = state_dict_dims(sd)
-  names = _zoo_names(dims)
+  names = checkpoint_files.zoo_names(dims)
   ask = ("Pass config= naming the model: a config file, a shipped config name (e.g. 'vitl16'), or a ConfigDict "
          "with model.name (and model.embed_dim / depth / num_heads for custom sizes).")
   if len(names) != 1:
@@ -550,7 +542,7 @@ def infer_v2_model(sd: Mapping[str, np.ndarray], description: str) -> dict:
   (ViT-g is vit_giant_xformers), RoPE, and the clip size of the official hub (64 frames, 256 px) unless a stale
   table that is a sin-cos table says another. Raises ModelConfigNeeded when no single zoo model fits."""
   dims = state_dict_dims(sd)
-  names = checkpoint_files.v2_zoo_name(_zoo_names(dims))
+  names = checkpoint_files.v2_zoo_name(checkpoint_files.zoo_names(dims))
   if len(names) != 1:
     why = "no zoo model has these dimensions" if not names else f"several zoo models do ({', '.join(names)})"
     raise ModelConfigNeeded(f"{description} holds a V-JEPA 2 encoder of {_describe_dims(dims)}: {why}, and the "
