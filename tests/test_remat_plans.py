@@ -78,3 +78,16 @@ def test_the_shipped_config_takes_a_remat_lighter_than_full_on_v5p_at_24_clips_p
   kernel = "splash"  # attention_impl '' on TPU (jepa_jax/models/attention.py)
   assert remat_plans.resolve(model, "TPU v5", 24, kernel) in ("none", "dots", "dots_no_batch")
   assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5 lite", 24)[0] == "full"
+
+
+@pytest.mark.parametrize("name, per_chip, remat", [("vjepa2/vitg16_256", 24, "dots"),
+                                                  ("vjepa2/vitl16_256_cooldown", 12, "dots"),
+                                                  ("vjepa2/vith16_256", 24, "full")])
+def test_the_vjepa2_recipe_takes_the_compiled_plan_and_full_remat_elsewhere(name, per_chip, remat):
+  """V-JEPA 2 configs say 'auto': a compiled row gives its plan on v5p, a config without one (ViT-H/16 at 256 px was
+  not compiled) and every other chip keep the official full remat."""
+  model = config_files.load(name).model
+  assert model.remat == "auto"
+  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5", per_chip)[0] == remat
+  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "NVIDIA H100", per_chip)[0] == "full"
+  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5", 2 * per_chip)[0] == "full"
