@@ -45,7 +45,8 @@ _KNOWN_ERRORS = (
 _PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 # Libraries whose INFO lines drown our own (orbax prints a dozen per checkpoint); their warnings still show.
-_LIBRARY_PATHS = ("/orbax/", "/grain/", "/jax/_src/", "/jax/experimental/", "/etils/", "/absl/")
+# asyncio: orbax's event loop logs a failed write again ("Future exception was never retrieved") when it is collected.
+_LIBRARY_PATHS = ("/orbax/", "/grain/", "/jax/_src/", "/jax/experimental/", "/etils/", "/absl/", "/asyncio/")
 # Our own one-line report covers these; the libraries' copies (with tracebacks, from background threads) go.
 _REPORTED_BY_US = ("No space left on device", "Disk quota exceeded")
 # Warnings that say nothing to act on: orbax warns on every read-only manager (export, pictures, evaluation).
@@ -75,6 +76,19 @@ class QuietLibraries(logging_std.Filter):
     return True
 
 
+def quiet_unraisable(unraisable) -> None:
+  """sys.unraisablehook that drops 'Event loop is closed' and passes everything else to Python's own hook.
+
+  When a checkpoint write fails (a full disk), orbax closes its event loop while tensorstore still holds the other
+  writes of that save; as they finish, their callbacks try to wake the closed loop and Python prints one traceback
+  per write, before our one-line report of the same fault (how many depends on timing).
+  """
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def configure_logging() -> None:
   """INFO for our own modules; the libraries quiet unless --verbosity >= 1."""
   if verbose():
@@ -83,6 +97,7 @@ def configure_logging() -> None:
   handler = logging.get_absl_handler()
   if not any(isinstance(f, QuietLibraries) for f in handler.filters):
     handler.addFilter(QuietLibraries())
+  sys.unraisablehook = quiet_unraisable
 
 
 def one_line(text: str) -> str:

@@ -290,6 +290,39 @@ def test_commands_show_their_own_lines_and_library_info_only_with_verbosity_1(tm
   assert _info_sources(verbose.stderr) - _OUR_FILES  # orbax's own lines, e.g. checkpoint_manager.py
 
 
+_UNRAISABLE = """
+import asyncio, gc
+from jepa_jax import cli
+
+class PendingWrite:  # what tensorstore's finishing writes do once orbax has closed its loop after a failed save
+  def __init__(self, error):
+    self.error = error
+  def __del__(self):
+    raise self.error
+
+def main(argv):
+  PendingWrite(RuntimeError("Event loop is closed"))
+  PendingWrite(ValueError("a bug of ours"))
+  gc.collect()
+  print("done", flush=True)
+
+cli.run(main)
+"""
+
+
+@pytest.mark.parametrize("verbosity, closed_loop_shown", [([], False), (["--verbosity=1"], True)])
+def test_the_closed_event_loop_after_a_failed_save_prints_no_traceback_other_unraisable_errors_do(
+    verbosity, closed_loop_shown):
+  """A full disk printed 'RuntimeError: Event loop is closed' tracebacks before its one-line error, as many as
+  writes were in flight (so test_a_full_disk_... failed now and then). Those go; any other exception raised where
+  Python can only print it keeps its traceback, and --verbosity=1 shows everything."""
+  proc = subprocess.run([sys.executable, "-c", _UNRAISABLE, *verbosity], cwd=ROOT, env=_env(), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-3000:]
+  assert ("Event loop is closed" in proc.stderr) == closed_loop_shown, proc.stderr[-3000:]
+  assert "ValueError: a bug of ours" in proc.stderr and "Traceback" in proc.stderr, proc.stderr[-3000:]
+
+
 def test_no_tpu_plugin_errors_on_a_cpu_only_machine_with_libtpu_installed(monkeypatch):
   """Without the guard this prints libtpu's "could not determine TPU accelerator type" and an E0000 "Source
   Location Trace" block (jepa_jax/no_tpu_probe.py)."""
