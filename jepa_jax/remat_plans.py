@@ -30,12 +30,17 @@ REMAT_PLANS: dict[tuple[str, int, int, str], tuple[tuple[int, str], ...]] = {
     ("vit_large", 224, 16, "v6e"): ((24, "dots"),),
     # v6e, FSDP 8, 24 clips: no remat needs 62.5 GiB; dots peaks at 18.18 GiB.
     ("vit_huge", 224, 16, "v6e"): ((24, "dots"),),
+    # ViT-H/16 at 384 px (4,608 tokens per clip), v5p FSDP 4, 10 clips (the official per-GPU batch): no remat peaks
+    # at 88.48 GiB of 95.74 (full remat: 30.70 GiB).
+    ("vit_huge", 384, 16, "v5p"): ((10, "none"),),
     # V-JEPA 2 (configs/vjepa2/; RoPE, its predictor: the same widths and depths as V-JEPA 1's, so the rows hold for
     # either). ViT-g/16, 16 x 256 px, v5p FSDP 4, 24 clips: no remat needs 102.2 GiB; dots 31.01 GiB; full 12.28.
     ("vit_giant_xformers", 256, 16, "v5p"): ((24, "dots"),),
     # The 64-frame cooldown (8,192 tokens per clip), ViT-L/16 at 12 clips per v5p chip (the official per-GPU batch):
     # no remat needs 130.5 GiB; dots 37.57 GiB (FSDP 4; the config's pure data parallelism adds ~4 GiB of state).
     ("vit_large", 256, 64, "v5p"): ((12, "dots"),),
+    # ViT-g/16 cooldown at 6 clips per v5p chip, FSDP 4: no remat needs 122.5 GiB; dots 36.29 GiB; full 13.63.
+    ("vit_giant_xformers", 256, 64, "v5p"): ((6, "dots"),),
 }
 
 

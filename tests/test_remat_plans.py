@@ -70,18 +70,20 @@ def test_validation_accepts_auto_and_names_the_choices_for_a_wrong_remat():
     config_validation.validate_model(model, platform="cpu")
 
 
-@pytest.mark.parametrize("name", ["vitl16", "vith16"])
-def test_the_shipped_config_takes_a_remat_lighter_than_full_on_v5p_at_24_clips_per_chip(name):
-  """Issue 15's target, as the table records it: the default config at the official 24 clips per v5p chip."""
+@pytest.mark.parametrize("name, per_chip", [("vitl16", 24), ("vith16", 24), ("vith16_384", 10)])
+def test_the_shipped_config_takes_a_remat_lighter_than_full_on_v5p_at_the_official_clips_per_chip(name, per_chip):
+  """Issue 15's target, as the table records it: the default config at the official clips per v5p chip (24; 10 for
+  ViT-H/16 at 384 px)."""
   model = config_files.load(name).model
   assert model.remat == "auto"
   kernel = "splash"  # attention_impl '' on TPU (jepa_jax/models/attention.py)
-  assert remat_plans.resolve(model, "TPU v5", 24, kernel) in ("none", "dots", "dots_no_batch")
-  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5 lite", 24)[0] == "full"
+  assert remat_plans.resolve(model, "TPU v5", per_chip, kernel) in ("none", "dots", "dots_no_batch")
+  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5 lite", per_chip)[0] == "full"
 
 
 @pytest.mark.parametrize("name, per_chip, remat", [("vjepa2/vitg16_256", 24, "dots"),
                                                   ("vjepa2/vitl16_256_cooldown", 12, "dots"),
+                                                  ("vjepa2/vitg16_256_cooldown", 6, "dots"),
                                                   ("vjepa2/vith16_256", 24, "full")])
 def test_the_vjepa2_recipe_takes_the_compiled_plan_and_full_remat_elsewhere(name, per_chip, remat):
   """V-JEPA 2 configs say 'auto': a compiled row gives its plan on v5p, a config without one (ViT-H/16 at 256 px was

@@ -32,8 +32,8 @@ def pretrain_config(model_name: str, epochs: int):
   m.uniform_power = True  # as the yaml; no effect with RoPE (it shapes the sin-cos table only)
   m.dtype = "bfloat16"
   # Activation checkpointing is on in the official configs. 'auto' (jepa_jax/remat_plans.py) keeps full remat
-  # wherever no lighter plan was compiled, and takes the lighter one (dots) where it was: ViT-g/16 at 24 clips and
-  # the ViT-L/16 cooldown at 12 clips per v5p chip. Scanned blocks keep the compile time flat in depth.
+  # wherever no lighter plan was compiled, and takes the lighter one (dots) where it was: ViT-g/16 at 24 clips, the
+  # ViT-L/16 and ViT-g/16 cooldowns at 12 and 6 clips per v5p chip. Scanned blocks keep the compile time flat.
   m.remat = "auto"
   m.scan_layers = True
 
