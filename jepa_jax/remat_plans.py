@@ -36,6 +36,8 @@ REMAT_PLANS: dict[tuple[str, int, int, str], tuple[tuple[int, str], ...]] = {
     # V-JEPA 2 (configs/vjepa2/; RoPE, its predictor: the same widths and depths as V-JEPA 1's, so the rows hold for
     # either). ViT-g/16, 16 x 256 px, v5p FSDP 4, 24 clips: no remat needs 102.2 GiB; dots 31.01 GiB; full 12.28.
     ("vit_giant_xformers", 256, 16, "v5p"): ((24, "dots"),),
+    # v6e, FSDP 8, 24 clips: dots peaks at 29.11 GiB of 31.25; full 10.63.
+    ("vit_giant_xformers", 256, 16, "v6e"): ((24, "dots"),),
     # The 64-frame cooldown (8,192 tokens per clip), ViT-L/16 at 12 clips per v5p chip (the official per-GPU batch):
     # no remat needs 130.5 GiB; dots 37.57 GiB (FSDP 4; the config's pure data parallelism adds ~4 GiB of state).
     ("vit_large", 256, 64, "v5p"): ((12, "dots"),),

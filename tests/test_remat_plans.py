@@ -93,3 +93,12 @@ def test_the_vjepa2_recipe_takes_the_compiled_plan_and_full_remat_elsewhere(name
   assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5", per_chip)[0] == remat
   assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "NVIDIA H100", per_chip)[0] == "full"
   assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5", 2 * per_chip)[0] == "full"
+
+
+def test_on_v6e_only_vitg_at_16_frames_takes_dots_the_cooldowns_keep_full_remat():
+  """v6e has a third of v5p's HBM: ViT-g/16 at 16 frames fits with dots (29.11 of 31.25 GiB), the 64-frame
+  cooldowns do not (35.8 and 33.6 GiB needed), so their rows are absent and 'auto' keeps full remat."""
+  for name, per_chip, remat in [("vjepa2/vitg16_256", 24, "dots"), ("vjepa2/vitl16_256_cooldown", 12, "full"),
+                                ("vjepa2/vitg16_256_cooldown", 6, "full")]:
+    model = config_files.load(name).model
+    assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v6 lite", per_chip)[0] == remat
