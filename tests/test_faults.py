@@ -291,7 +291,7 @@ def test_commands_show_their_own_lines_and_library_info_only_with_verbosity_1(tm
 
 
 _UNRAISABLE = """
-import asyncio, gc
+import gc
 from jepa_jax import cli
 
 class PendingWrite:  # what tensorstore's finishing writes do once orbax has closed its loop after a failed save

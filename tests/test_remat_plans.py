@@ -81,24 +81,17 @@ def test_the_shipped_config_takes_a_remat_lighter_than_full_on_v5p_at_the_offici
   assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5 lite", per_chip)[0] == "full"
 
 
-@pytest.mark.parametrize("name, per_chip, remat", [("vjepa2/vitg16_256", 24, "dots"),
-                                                  ("vjepa2/vitl16_256_cooldown", 12, "dots"),
-                                                  ("vjepa2/vitg16_256_cooldown", 6, "dots"),
-                                                  ("vjepa2/vith16_256", 24, "full")])
-def test_the_vjepa2_recipe_takes_the_compiled_plan_and_full_remat_elsewhere(name, per_chip, remat):
-  """V-JEPA 2 configs say 'auto': a compiled row gives its plan on v5p, a config without one (ViT-H/16 at 256 px was
-  not compiled) and every other chip keep the official full remat."""
+@pytest.mark.parametrize("name, per_chip, on_v5p, on_v6e", [("vjepa2/vitg16_256", 24, "dots", "dots"),
+                                                         ("vjepa2/vitl16_256_cooldown", 12, "dots", "full"),
+                                                         ("vjepa2/vitg16_256_cooldown", 6, "dots", "full"),
+                                                         ("vjepa2/vith16_256", 24, "full", "full")])
+def test_the_vjepa2_recipe_takes_the_compiled_plan_and_full_remat_elsewhere(name, per_chip, on_v5p, on_v6e):
+  """V-JEPA 2 configs say 'auto': a compiled row gives its plan, a config without one (ViT-H/16 at 256 px was not
+  compiled), a larger batch and every other chip keep the official full remat. v6e has a third of v5p's HBM: ViT-g/16
+  at 16 frames fits with dots (29.11 of 31.25 GiB), the 64-frame cooldowns do not (35.8 and 33.6 GiB needed)."""
   model = config_files.load(name).model
   assert model.remat == "auto"
-  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5", per_chip)[0] == remat
+  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5", per_chip)[0] == on_v5p
+  assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v6 lite", per_chip)[0] == on_v6e
   assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "NVIDIA H100", per_chip)[0] == "full"
   assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v5", 2 * per_chip)[0] == "full"
-
-
-def test_on_v6e_only_vitg_at_16_frames_takes_dots_the_cooldowns_keep_full_remat():
-  """v6e has a third of v5p's HBM: ViT-g/16 at 16 frames fits with dots (29.11 of 31.25 GiB), the 64-frame
-  cooldowns do not (35.8 and 33.6 GiB needed), so their rows are absent and 'auto' keeps full remat."""
-  for name, per_chip, remat in [("vjepa2/vitg16_256", 24, "dots"), ("vjepa2/vitl16_256_cooldown", 12, "full"),
-                                ("vjepa2/vitg16_256_cooldown", 6, "full")]:
-    model = config_files.load(name).model
-    assert remat_plans.lookup(model.name, model.crop_size, model.num_frames, "TPU v6 lite", per_chip)[0] == remat

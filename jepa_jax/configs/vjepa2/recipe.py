@@ -31,9 +31,9 @@ def pretrain_config(model_name: str, epochs: int):
   m.zero_init_mask_tokens = True
   m.uniform_power = True  # as the yaml; no effect with RoPE (it shapes the sin-cos table only)
   m.dtype = "bfloat16"
-  # Activation checkpointing is on in the official configs. 'auto' (jepa_jax/remat_plans.py) keeps full remat
-  # wherever no lighter plan was compiled, and takes the lighter one (dots) where it was: ViT-g/16 at 24 clips, the
-  # ViT-L/16 and ViT-g/16 cooldowns at 12 and 6 clips per v5p chip. Scanned blocks keep the compile time flat.
+  # Activation checkpointing is on in the official configs. 'auto' keeps full remat wherever no lighter plan was
+  # compiled and takes the lighter one where it was (the rows: jepa_jax/remat_plans.py). Scanned blocks keep the
+  # compile time flat in depth.
   m.remat = "auto"
   m.scan_layers = True
 
