@@ -170,3 +170,36 @@ def test_train_step_compiles_for_a_v5e_2x2_slice_with_splash_per_shard_under_fsd
   rows = {int(m.group(1)) for line in kernels for m in re.finditer(r"bf16\[(\d+),2,\d+,\d+\]", line)}
   assert rows == {per_chip}, rows
   assert compiled.memory_analysis().temp_size_in_bytes > 0
+
+
+@pytest.mark.parametrize("case", sorted(LAYOUTS))
+def test_cpu_float32_backward_equals_autodiff_of_jax_nn_attention(case):
+  """On the CPU the 'xla' kernel runs float32 through its own backward (attention._cpu_attention, laid out for
+  XLA:CPU's matmul libraries); values and gradients equal autodiff of jax.nn.dot_product_attention's XLA path."""
+  n, make_layout = LAYOUTS[case]
+  layout = make_layout()
+  q, k, v = _qkv(n, jnp.float32, seed=3)
+  mask = None
+  if layout.segments is not None:
+    mask = jnp.asarray(attention._block_diagonal(layout.segment_ids()))[None, None]
+  rows = None
+  if layout.kv_lengths is not None:
+    rows = (jnp.arange(n)[None] < layout.kv_lengths[:, None]).astype(jnp.float32)
+  w = jax.random.normal(jax.random.key(9), q.shape, jnp.float32)
+  w = w if rows is None else w * rows[:, :, None, None]
+
+  def loss(fn):
+    def f(q, k, v):
+      out = fn(q, k, v)
+      return jnp.sum(out * w), out if rows is None else out * rows[:, :, None, None]
+    (_, out), grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+    return out, *grads
+
+  assert attention.resolve("", "cpu", jnp.float32) == "xla"
+  got = loss(lambda q, k, v: attention.dot_product_attention(q, k, v, implementation="xla", layout=layout))
+  want = loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=layout.kv_lengths,
+                                                          implementation="xla"))
+  for name, g, r in zip(("output", "dq", "dk", "dv"), got, want):
+    err = _relative_error(np.asarray(g), np.asarray(r))
+    print(f"{case} {name}: {err:.2e}")
+    assert err < 1e-5, (name, err)

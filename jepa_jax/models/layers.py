@@ -204,7 +204,8 @@ def _cpu_dense_bwd(residuals, g):
   if d_in <= d_out:
     d_kernel = jnp.dot(jax.lax.optimization_barrier(x2.T), g2)
   else:
-    d_kernel = jnp.dot(jax.lax.optimization_barrier(g2.T), x2).T
+    # The barrier on the product too: XLA would otherwise fold the final transpose back into the dot's operands.
+    d_kernel = jax.lax.optimization_barrier(jnp.dot(jax.lax.optimization_barrier(g2.T), x2)).T
   return jnp.dot(g, kernel.T), d_kernel, g2.sum(0)
 
 
