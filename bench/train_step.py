@@ -12,6 +12,7 @@ asserted in tests; tests/test_bench.py only checks that it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -39,6 +40,7 @@ from jepa_jax import sharding  # noqa: E402
 from jepa_jax import train_state  # noqa: E402
 from jepa_jax import train_step as train_step_lib  # noqa: E402
 from jepa_jax.models import MODEL_SIZES, ModelDims, model_dims  # noqa: E402
+from jepa_jax.models import attention as attention_lib  # noqa: E402
 from jepa_jax import xla_cpu  # noqa: E402
 
 SIZE_KEYS = {"embed": "embed_dim", "depth": "depth", "heads": "num_heads", "crop": "crop_size",
@@ -327,14 +329,29 @@ def markdown_row(r: dict) -> str:
   return "| " + " | ".join(cells) + " |"
 
 
+@contextlib.contextmanager
+def _autodiff_cpu_attention():
+  """Traces with autodiff's backward of the CPU float32 attention instead of its own (the code before issue 16's
+  second round), to time both in one process."""
+  own = attention_lib._cpu_attention
+  attention_lib._cpu_attention = lambda q, k, v, mask, scale: attention_lib._cpu_attention_forward(
+      q, k, v, mask, scale)[0]
+  try:
+    yield
+  finally:
+    attention_lib._cpu_attention = own
+
+
 def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, rounds: int = 3, seed: int = 0,
                   label: str = "", torch_threads: int = 0, num_batches: int = 4, torch_only: bool = False,
-                  torch_compile: bool = False) -> dict:
+                  torch_compile: bool = False, compare_autodiff_attention: bool = False) -> dict:
   """Compiles, warms up and times the JAX step (and the PyTorch one, interleaved in `rounds` blocks so that load
   changes on a shared machine hit both alike). Returns the row as a dict.
 
   torch_only: time only the PyTorch step (same shapes and masks: same seed); on a GPU, JAX's preallocated memory
   would otherwise starve PyTorch in the same process.
+  compare_autodiff_attention: also time the same step with autodiff's backward of the CPU float32 attention in
+  place of its own (jepa_jax/models/attention.py: _cpu_attention), in the same rounds.
   """
   devices = jax.devices()
   per_device = config.data.batch_size // len(devices)
@@ -347,7 +364,11 @@ def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, round
     torch_device = "cuda" if devices[0].platform == "gpu" else "cpu"
     torch_runner = TorchRunner(config, dims, batches, device=torch_device, threads=torch_threads, seed=seed,
                                compile_modules=torch_compile)
-  runners = [r for r in (jax_runner, torch_runner) if r is not None]
+  autodiff_runner = None
+  if compare_autodiff_attention:
+    with _autodiff_cpu_attention():
+      autodiff_runner = JaxRunner(build_step(config, devices, specs), batches, seed)
+  runners = [r for r in (jax_runner, autodiff_runner, torch_runner) if r is not None]
   times = {id(r): [] for r in runners}
   for r in runners:
     r.run(warmup)
@@ -380,6 +401,9 @@ def run_benchmark(config, *, steps: int, warmup: int, compare_torch: bool, round
         "device_peak_bytes": device_peak_bytes(devices[0]) if devices[0].platform != "cpu" else None,
         "jax_loss": jax_runner.last_loss, "steps_timed": len(jax_times),
     })
+  if autodiff_runner:
+    row.update(autodiff_attention_step_ms=1e3 * statistics.median(times[id(autodiff_runner)]),
+               autodiff_attention_loss=autodiff_runner.last_loss)
   if torch_runner:
     torch_times = times[id(torch_runner)]
     torch_s = statistics.median(torch_times)
@@ -417,6 +441,9 @@ def main(argv=None) -> int:
   p.add_argument("--torch-only", action="store_true", help="time only the PyTorch step (separate process on GPU)")
   p.add_argument("--torch-compile", action="store_true",
                  help="run the PyTorch step's modules through torch.compile (the warmup steps absorb the compile)")
+  p.add_argument("--compare-autodiff-attention", action="store_true",
+                 help="CPU, float32: also time the step with autodiff's backward of attention (the code before "
+                      "its own backward), in the same rounds; printed after the row")
   p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads on CPU (0: torch default)")
   p.add_argument("--label", default="", help="name of the run in the table")
   p.add_argument("--json", default="", help="append the row as one JSON line to this file")
@@ -433,10 +460,15 @@ def main(argv=None) -> int:
             mesh_shape=(-1, 1, 1), packing=args.packing)
   row = run_benchmark(config, steps=args.steps, warmup=args.warmup, compare_torch=args.compare_torch,
                       rounds=args.rounds, label=args.label, torch_threads=args.torch_threads,
-                      torch_only=args.torch_only, torch_compile=args.torch_compile)
+                      torch_only=args.torch_only, torch_compile=args.torch_compile,
+                      compare_autodiff_attention=args.compare_autodiff_attention)
   if not args.no_header:
     print(markdown_header())
   print(markdown_row(row), flush=True)
+  if "autodiff_attention_step_ms" in row:
+    own, autodiff = row["step_ms"], row["autodiff_attention_step_ms"]
+    print(f"{row['run']}: attention's own backward {own:.1f} ms, autodiff's {autodiff:.1f} ms ({autodiff / own:.2f}x)"
+          + (f"; PyTorch {row['torch_step_ms']:.1f} ms" if "torch_step_ms" in row else ""), flush=True)
   if args.json:
     with open(args.json, "a") as f:
       f.write(json.dumps(row, default=str) + "\n")

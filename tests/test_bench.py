@@ -1,6 +1,7 @@
 """The benchmarks run and report sane figures: a two-step train-step row, analytic FLOPs that agree with XLA's count,
 and an ahead-of-time TPU compile of the demo step with memory figures. Timings are never asserted."""
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -37,6 +38,20 @@ def test_benchmark_runs_two_steps_and_prints_a_row(bench, capsys, tmp_path):
   assert float(row["step ms (median)"]) > 0 and float(row["GFLOP/step/dev"]) > 0
   assert row["MFU"] == "n/a"  # no peak for a CPU
   assert out.read_text().count("\n") == 1
+
+
+def test_autodiff_attention_comparison_trains_the_same_step(bench, capsys, tmp_path):
+  """--compare-autodiff-attention times a second step whose attention backward is autodiff's: same loss after the
+  same steps (the two backwards differ only in summation order), and both times reported."""
+  out = tmp_path / "rows.jsonl"
+  assert bench.main(["--config=configs/demo.py", f"--size={TINY_SIZE}", "--batch=4", "--dtype=float32",
+                     "--steps=2", "--warmup=1", "--rounds=1", "--label=tiny", "--compare-autodiff-attention",
+                     f"--json={out}"]) == 0
+  assert "tiny: attention's own backward" in capsys.readouterr().out
+  row = json.loads(out.read_text())
+  assert row["autodiff_attention_step_ms"] > 0
+  assert abs(row["autodiff_attention_loss"] - row["jax_loss"]) <= 1e-5 * abs(row["jax_loss"])
+  assert bench.attention_lib._cpu_attention.__name__ == "_cpu_attention"  # the patch was undone
 
 
 def test_analytic_flops_agree_with_xla_cost_analysis_on_an_unrolled_f32_step(bench):
