@@ -334,8 +334,7 @@ def _autodiff_cpu_attention():
   """Traces with autodiff's backward of the CPU float32 attention instead of its own (the code before issue 16's
   second round), to time both in one process."""
   own = attention_lib._cpu_attention
-  attention_lib._cpu_attention = lambda q, k, v, mask, scale: attention_lib._cpu_attention_forward(
-      q, k, v, mask, scale)[0]
+  attention_lib._cpu_attention = lambda q, k, v, mask, scale: attention_lib._dense_attention(q, k, v, mask, scale)[0]
   try:
     yield
   finally:

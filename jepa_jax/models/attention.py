@@ -163,49 +163,48 @@ def _xla_attention(q, k, v, segment_ids: np.ndarray | None, kv_lengths: jax.Arra
   if kv_lengths is not None:
     keys = jnp.arange(k.shape[2])[None, None, None, :] < kv_lengths[:, None, None, None]
     mask = keys if mask is None else mask & keys
+  scale = 1.0 / math.sqrt(hd)
   if q.dtype == jnp.float32 and current_platform() == "cpu":
-    return _cpu_attention(q, k, v, mask, 1.0 / math.sqrt(hd)).transpose(0, 2, 1, 3)
-  # As jax.nn: bf16 inputs accumulate in f32 in both directions (jax issue 24047 has the mixed-precision pitfall).
-  precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32, precision=precision)
-  logits = logits * jnp.float32(1.0 / math.sqrt(hd))
-  if mask is not None:
-    logits = jnp.where(mask, logits, _MASKED)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3)
+    return _cpu_attention(q, k, v, mask, scale).transpose(0, 2, 1, 3)
+  return _dense_attention(q, k, v, mask, scale)[0].transpose(0, 2, 1, 3)
 
 
 _MASKED = np.float32(-0.7 * np.finfo(np.float32).max)
 
 
-def _cpu_attention_forward(q, k, v, mask, scale: float):
-  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * jnp.float32(scale)
+def _dense_attention(q, k, v, mask, scale: float):
+  """Heads-first dense attention: (output, float32 probabilities)."""
+  # As jax.nn: bf16 inputs accumulate in f32 in both directions (jax issue 24047 has the mixed-precision pitfall).
+  precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32 if q.dtype == jnp.bfloat16 else None
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32, precision=precision)
+  logits = logits * jnp.float32(scale)
   if mask is not None:
     logits = jnp.where(mask, logits, _MASKED)
   probs = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum("bhqk,bhkd->bhqd", probs, v), probs
+  return jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v), probs
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _cpu_attention(q, k, v, mask, scale: float):
   """float32 dense attention, heads first, with a backward laid out for XLA:CPU's matmul libraries.
 
-  The forward is _xla_attention's. Autodiff's backward contracts the [B, H, N, N] probabilities over their query
-  axis for dk and dv (p^T ds-style dots), which XLA:CPU runs outside its matmul libraries at a fifth of their speed
-  (docs/performance.md "CPU step"); here the small [B, H, N, hd] operand is transposed instead (behind an
-  optimization barrier, so XLA does not fold it back into the dot) and the row sums use dO.O (FlashAttention's
-  identity sum_k p dp = dO.O, a [B, H, N, hd] product instead of an [N, N] one). Same numbers up to summation order.
+  The forward is _dense_attention, as on every other path. Autodiff's backward contracts the [B, H, N, N]
+  probabilities over their query axis for dk and dv (p^T ds-style dots), which XLA:CPU runs outside its matmul
+  libraries at a fifth of their speed (docs/performance.md "CPU step"); here the small [B, H, N, hd] operand is
+  transposed instead (behind an optimization barrier, so XLA does not fold it back into the dot) and the row sums use
+  dO.O (FlashAttention's identity sum_k p dp = dO.O, a [B, H, N, hd] product instead of an [N, N] one). Same numbers
+  up to summation order.
   """
-  return _cpu_attention_forward(q, k, v, mask, scale)[0]
+  return _dense_attention(q, k, v, mask, scale)[0]
 
 
 def _cpu_attention_fwd(q, k, v, mask, scale):
-  out, probs = _cpu_attention_forward(q, k, v, mask, scale)
-  return out, (q, k, v, mask, probs, out)
+  out, probs = _dense_attention(q, k, v, mask, scale)
+  return out, (q, k, v, probs, out)
 
 
 def _cpu_attention_bwd(scale, residuals, g):
-  q, k, v, mask, probs, out = residuals
+  q, k, v, probs, out = residuals
   transposed = lambda x: jax.lax.optimization_barrier(x.swapaxes(-1, -2))  # [B, H, N, hd] -> [B, H, hd, N]
   d_probs = jnp.einsum("bhqd,bhkd->bhqk", g, v)
   d_logits = probs * (d_probs - jnp.sum(g * out, axis=-1, keepdims=True)) * jnp.float32(scale)
