@@ -15,9 +15,9 @@ from jepa_jax.models.attention import TokenLayout
 B, H, HD = 2, 2, 16
 
 
-def _qkv(n, dtype, seed=0):
+def _qkv(n, dtype, seed=0, head_dim=HD):
   keys = jax.random.split(jax.random.key(seed), 3)
-  return [jax.random.normal(k, (B, n, H, HD), jnp.float32).astype(dtype) for k in keys]
+  return [jax.random.normal(k, (B, n, H, head_dim), jnp.float32).astype(dtype) for k in keys]
 
 
 def _value_and_grads(impl, q, k, v, layout, rows=None):
@@ -46,12 +46,14 @@ LAYOUTS = {
 }
 
 
+# 16: the kernel keeps q, k, v sequence-minor (head dims that do not fill 128 lanes); 128: head-minor.
+@pytest.mark.parametrize("head_dim", [HD, 128])
 @pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
 @pytest.mark.parametrize("case", sorted(LAYOUTS))
-def test_splash_equals_xla_attention_in_values_and_gradients(case, dtype, tolerance):
+def test_splash_equals_xla_attention_in_values_and_gradients(case, dtype, tolerance, head_dim):
   n, make_layout = LAYOUTS[case]
   layout = make_layout()
-  q, k, v = _qkv(n, dtype)
+  q, k, v = _qkv(n, dtype, head_dim=head_dim)
   rows = None
   if layout.kv_lengths is not None:  # padded rows are dropped by the model: compare the real ones
     rows = (jnp.arange(n)[None] < layout.kv_lengths[:, None]).astype(jnp.float32)
@@ -203,3 +205,11 @@ def test_cpu_float32_backward_equals_autodiff_of_jax_nn_attention(case):
     err = _relative_error(np.asarray(g), np.asarray(r))
     print(f"{case} {name}: {err:.2e}")
     assert err < 1e-5, (name, err)
+
+
+def test_splash_lays_narrow_heads_out_sequence_minor():
+  """Head dims that do not fill the TPU's 128 lanes (24, 64, 80: V-JEPA's predictors, ViT-L, ViT-H) go
+  sequence-minor; multiples of 128 stay head-minor."""
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash
+  assert [attention._splash_layout(hd) for hd in (24, 64, 80, 88)] == [splash.QKVLayout.SEQ_MINOR] * 4
+  assert [attention._splash_layout(hd) for hd in (128, 256)] == [splash.QKVLayout.HEAD_DIM_MINOR] * 2

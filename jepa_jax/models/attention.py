@@ -13,6 +13,7 @@ Three kernels compute the same function (softmax(q k^T / sqrt(hd)) v, logits and
   compiler as the rest of the program), has an interpreter mode (so the CPU tests check its numbers and
   gradients), takes a static block-sparse mask (our packing of the mask generators is the same for every clip, so
   cross-generator blocks are skipped at compile time) and documents its shard_map recipe (MaxText runs it so).
+  q, k and v go to it sequence-minor when the head dimension does not fill 128 lanes (_splash_layout).
 
 '' picks per platform: TPU splash, GPU cuDNN (bfloat16/float16 compute; XLA for float32), CPU XLA. The platform is
 the one the program is compiled for (the mesh's devices: an ahead-of-time TPU compile on a CPU host says 'tpu').
@@ -228,8 +229,23 @@ def _splash_block(padded_len: int, segmented: bool) -> int:
   return next(b for b in (512, 256, 128) if padded_len % b == 0 and not (segmented and b > _LANES))
 
 
-def _splash_kernel(num_heads: int, ids: np.ndarray, interpret: bool):
-  """A splash kernel for one head count and one static segment layout (padding included).
+def _splash_layout(head_dim: int):
+  """How the kernel lays q, k and v out in memory: sequence-minor ([hd, N]) unless the head dimension fills whole
+  128-lane rows.
+
+  A TPU vector register is 8 sublanes x 128 lanes and the minor dimension of an array goes on the lanes, so
+  head-minor blocks [N, hd] with hd = 24 (V-JEPA 1's predictors: 384 wide, 16 heads), 64 (ViT-L) or 80 (ViT-H) pad
+  every row to 128 lanes: 5.3x, 2x and 1.6x the memory traffic and vector work of the operands. Sequence-minor
+  blocks put the tokens on the lanes (the sequence is padded to a multiple of 128 anyway). The TPU compiler's
+  estimate of ViT-L/16's step at 24 clips per v5p chip falls from 0.279 s to 0.243 s (docs/performance.md, "Memory
+  plan"). Only the physical layout changes: splash's interface stays [H, N, hd] and the numbers are the same.
+  """
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash
+  return splash.QKVLayout.HEAD_DIM_MINOR if head_dim % _LANES == 0 else splash.QKVLayout.SEQ_MINOR
+
+
+def _splash_kernel(num_heads: int, ids: np.ndarray, interpret: bool, head_dim: int):
+  """A splash kernel for one head count, head dimension and static segment layout (padding included).
 
   Built inside the trace: its block tables become constants of this program (splash caches the mask analysis).
   """
@@ -238,8 +254,10 @@ def _splash_kernel(num_heads: int, ids: np.ndarray, interpret: bool):
   segmented = not np.all(ids == ids[0])
   head_mask = splash.NumpyMask(_block_diagonal(ids)) if segmented else splash.FullMask((n, n))
   block = _splash_block(n, segmented)
+  layout = _splash_layout(head_dim)
   sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
-                            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+                            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block,
+                            q_layout=layout, k_layout=layout, v_layout=layout)
   return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * num_heads), block_sizes=sizes, head_shards=1,
                                 q_seq_shards=1, interpret=interpret)
 
@@ -264,7 +282,7 @@ def _splash_attention(q, k, v, segment_ids: np.ndarray | None, kv_lengths: jax.A
   interpret = _interpret
 
   def per_shard(q, k, v, lengths):
-    kernel = _splash_kernel(q.shape[1], static_ids, interpret)
+    kernel = _splash_kernel(q.shape[1], static_ids, interpret, hd)
     if lengths is None:
       return jax.vmap(kernel)(q, k, v)
     # Keys past a row's length join the padding segment, and so do the queries there (their rows stay non-empty).
