@@ -290,7 +290,7 @@ def report(path: str) -> str:
     if est:
       step = f"{est['estimate_s']:.3f}"
       peak = metrics.peak_flops(r.get("device_kind", _DEVICE_KINDS[r["topology"]]), r["dtype"])
-      util = f"{100 * r['analytic_flops'] / (est['estimate_s'] * peak):.0f}%" if "analytic_flops" in r else "-"
+      util = f"{100 * r['analytic_flops'] / (est['estimate_s'] * peak):.1f}%" if "analytic_flops" in r else "-"
     tflop = f"{r['analytic_flops'] / 1e12:.1f}" if "analytic_flops" in r else "-"
     lines.append(f"| {r['model']} | {r['topology']} ({r['hbm_gib']} G) | {r['devices']} | {r['fsdp']} | "
                  f"{r['per_device_batch']} | {_key(r)[7]} | {_key(r)[8]} | {r['remat']} | {fits} | "
