@@ -208,8 +208,8 @@ def test_cpu_float32_backward_equals_autodiff_of_jax_nn_attention(case):
 
 
 def test_splash_lays_narrow_heads_out_sequence_minor():
-  """Head dims that do not fill the TPU's 128 lanes (24, 64, 80: V-JEPA's predictors, ViT-L, ViT-H) go
-  sequence-minor; multiples of 128 stay head-minor."""
+  """Head dims that do not fill the TPU's 128 lanes (24, 64, 80, 88: V-JEPA 1's predictors, ViT-L, ViT-H, ViT-g)
+  go sequence-minor; multiples of 128 stay head-minor."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash
   assert [attention._splash_layout(hd) for hd in (24, 64, 80, 88)] == [splash.QKVLayout.SEQ_MINOR] * 4
   assert [attention._splash_layout(hd) for hd in (128, 256)] == [splash.QKVLayout.HEAD_DIM_MINOR] * 2
