@@ -5,8 +5,8 @@ below 1% at ViT-L scale. Forward+backward is 3x forward (the backward computes i
 The official forward embeds all N patches and gathers the context tokens afterwards (docs/reference.md §2.2), so the
 context encoder's patch embedding runs on all tokens; its backward needs only the weight gradient (the input is
 pixels), so it counts 2x, not 3x. These are the official step's FLOPs (a pass per mask generator) whatever
-config.model.context_packing says: the packed pass (jepa_jax/models/packing.py) embeds the patches once for both
-generators, so it does somewhat fewer (tests/test_bench.py compares this count with XLA's on the official pass).
+config.model.context_packing says. Our context encoder embeds only the kept tokens (jepa_jax/models/vit.py: embed),
+so it does fewer: context_embedding_saved_flops (tests/test_bench.py compares the count less those with XLA's).
 """
 from typing import Sequence
 
@@ -63,6 +63,15 @@ def train_step_flops_from_config(config, specs) -> dict:
       pred_embed_dim=d.pred_embed_dim, pred_depth=d.pred_depth, pred_mlp_hidden=d.pred_mlp_hidden,
       num_context=tuple(s.num_context for s in specs), num_target=tuple(s.num_target for s in specs),
       batch=config.data.batch_size, patch_dim=d.patch_dim)
+
+
+def context_embedding_saved_flops(*, embed_dim: int, num_tokens: int, patch_dim: int, num_context: Sequence[int],
+                                  batch: int) -> int:
+  """The official context patch embedding's FLOPs (all N tokens, once per generator, forward + weight gradient)
+  that our step does not compute: it embeds only each generator's kept tokens, packed or not."""
+  official = len(num_context) * 2 * (2 * num_tokens * patch_dim * embed_dim)
+  ours = 2 * (2 * sum(num_context) * patch_dim * embed_dim)
+  return batch * (official - ours)
 
 
 def packing_waste_flops(*, embed_dim: int, depth: int, mlp_hidden: int, pred_embed_dim: int, pred_depth: int,

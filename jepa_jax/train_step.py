@@ -22,6 +22,7 @@ from flax import nnx
 
 from jepa_jax import optim
 from jepa_jax import schedules
+from jepa_jax.models import layers
 
 # ImageNet statistics in the 0..255 range: the clip leaves the host as uint8 (4x fewer bytes than float32).
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
@@ -40,11 +41,6 @@ def layer_norm_no_affine(x: jax.Array, eps: float = 1e-5) -> jax.Array:
   mean = x.mean(-1, keepdims=True)
   var = jnp.square(x - mean).mean(-1, keepdims=True)
   return (x - mean) * jax.lax.rsqrt(var + eps)
-
-
-def gather_tokens(x: jax.Array, indices: jax.Array) -> jax.Array:
-  """x [B, N, D] at indices [B, K] -> [B, K, D] (the official apply_masks)."""
-  return jnp.take_along_axis(x, indices[..., None], axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +91,7 @@ def jepa_loss(params, target_params, batch, fns: StepFunctions):
   preds = predictor.predict_masks(zs, contexts, target_masks, packing=fns.predictor_packing)
   losses, stds = [], []
   for pred, target in zip(preds, target_masks):
-    h = gather_tokens(targets, target)
+    h = layers.take_tokens(targets, target)
     losses.append(jnp.mean(jnp.abs(pred - h) ** fns.loss_exp) / fns.loss_exp)
     # Official reg term: std over tokens (unbiased, torch.var default) of the predictions, per sample and feature.
     stds.append(jnp.sqrt(jnp.var(pred, axis=1, ddof=1) + 1e-4))

@@ -228,6 +228,53 @@ def test_kept_tokens_keep_their_absolute_positions(shared):
                              rtol=0, atol=1e-5)
 
 
+def test_embedding_kept_tubelets_equals_the_official_embed_then_gather(shared):
+  """embed(x, keep) selects the tubelets' pixels before the projection; the official encoder embeds every token and
+  gathers after the positions are added. Same tokens, and the same patch-embedding gradient (which the gather-first
+  order computes without scattering into all N tokens)."""
+  model, params, _ = shared
+  graphdef = nnx.graphdef(model)
+  x = _clip()
+  keep = jnp.asarray(np.sort(np.random.default_rng(1).permutation(model.num_patches)[:5]), jnp.int32)
+  keep = jnp.tile(keep, (4, 1))
+
+  def first_then_gather(p):
+    return jnp.take_along_axis(nnx.merge(graphdef, p).embed(x), keep[..., None], axis=1)
+
+  def gather_then_embed(p):
+    return nnx.merge(graphdef, p).embed(x, keep)
+
+  np.testing.assert_allclose(gather_then_embed(params), first_then_gather(params), rtol=1e-6, atol=1e-6)
+  assert gather_then_embed(params).shape == (4, 5, model.embed_dim)
+  loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))
+  g_official = jax.grad(loss(first_then_gather))(params)["patch_embed"]
+  g_ours = jax.grad(loss(gather_then_embed))(params)["patch_embed"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g_ours, g_official)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_take_tokens_one_hot_path_equals_the_gather(monkeypatch, dtype):
+  """On TPU take_tokens selects by one-hot matmul (layers.take_tokens); forced here on the CPU, it returns exactly
+  the gathered values for batched tokens and for a table shared by the batch, at magnitudes from 1e-20 to 1e20;
+  above ONE_HOT_MAX_TOKENS it gathers."""
+  rng = np.random.default_rng(0)
+  x = (rng.normal(size=(3, 40, 24)) * 10.0 ** rng.integers(-20, 20, size=(3, 40, 24))).astype(np.float32)
+  x = jnp.asarray(x, dtype)
+  table = x[0]
+  idx = jnp.asarray(np.stack([np.sort(rng.choice(40, 17, replace=False)) for _ in range(3)]), jnp.int32)
+  gathered = layers.take_tokens(x, idx), layers.take_tokens(table, idx)
+  monkeypatch.setattr(layers.attention, "current_platform", lambda: "tpu")
+  one_hot = layers.take_tokens(x, idx), layers.take_tokens(table, idx)
+  np.testing.assert_array_equal(np.asarray(gathered[0], np.float32), np.take_along_axis(np.asarray(x, np.float32),
+                                                                                        np.asarray(idx)[..., None], 1))
+  for g, o in zip(gathered, one_hot):
+    assert o.dtype == g.dtype and o.shape == g.shape
+    np.testing.assert_array_equal(np.asarray(o, np.float32), np.asarray(g, np.float32))
+  monkeypatch.setattr(layers, "ONE_HOT_MAX_TOKENS", 39)  # above the limit: the gather again
+  jaxpr = str(jax.make_jaxpr(layers.take_tokens)(x, idx))
+  assert "gather" in jaxpr and "dot_general" not in jaxpr
+
+
 def test_sharded_forward_on_a_2x2x2_mesh_equals_single_device(shared):
   """The activation constraints keep XLA's partitioner honest (docs/reference.md §10)."""
   model, params, apply = shared

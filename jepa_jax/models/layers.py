@@ -22,6 +22,11 @@ from jepa_jax.models import attention
 from jepa_jax.models import rope
 
 LN_EPS = 1e-6
+# take_tokens: the largest token count that a TPU program selects from by one-hot matmul. Its cost grows with N^2
+# per clip, a gather's with N: by the TPU compiler's estimates (docs/performance.md, "Token selection on TPU") the
+# one-hot matmul saves 1.1 ms of ViT-L's step at 1,568 tokens (224 px) and costs 0.4 ms of ViT-H's at 4,608 (384 px).
+# 2,048 covers 224 and 256 px at 16 frames.
+ONE_HOT_MAX_TOKENS = 2048
 
 # [quirk, docs/reference.md §2.2, Initialisation] Official pretraining re-initialises every Linear after construction
 # (app/vjepa/utils.py:init_video_model), which overwrites the depth rescale of proj/fc2: all Linear weights end
@@ -29,6 +34,27 @@ LN_EPS = 1e-6
 # matching JAX initialiser is a plain normal; jax's truncated_normal would cut at 2 sigma and shrink the std.
 weight_init = nnx.initializers.normal(0.02)
 zeros_init = nnx.initializers.zeros_init()
+
+
+def take_tokens(x: jax.Array, indices: jax.Array) -> jax.Array:
+  """x [B, N, ...] (or a table [N, ...] shared by the batch) at int indices [B, K] -> [B, K, ...].
+
+  The official apply_masks: a gather along the tokens. The TPU compiler charges a gather of rows along a non-minor
+  axis more than the one-hot matmul that computes the same rows on the matrix unit (the TPU idiom for small tables,
+  as in flaxformer's one-hot embedding; docs/performance.md "Token selection on TPU"), so a TPU program selects
+  tokens by one_hot(indices) @ x while N is at most ONE_HOT_MAX_TOKENS, and gathers elsewhere. Each one-hot row
+  holds a single 1, so at full precision (float32 operands: Precision.HIGHEST, whose bf16 passes split each value
+  exactly; bfloat16 operands are exact at the default) the rows equal the gather's (a -0.0 may come back +0.0).
+  """
+  n = x.shape[-2] if x.ndim == 2 else x.shape[1]
+  if attention.current_platform() != "tpu" or n > ONE_HOT_MAX_TOKENS:
+    if x.ndim == 2:
+      return jnp.take(x, indices, axis=0)
+    return jnp.take_along_axis(x, indices.reshape(*indices.shape, *([1] * (x.ndim - 2))), axis=1)
+  one_hot = jax.nn.one_hot(indices, n, dtype=x.dtype)
+  precision = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+  spec = "bkn,n...->bk..." if x.ndim == 2 else "bkn,bn...->bk..."
+  return jnp.einsum(spec, one_hot, x, precision=precision)
 
 
 def constrain(x: jax.Array) -> jax.Array:
@@ -162,14 +188,25 @@ class PatchEmbed3D(nnx.Module):
         bias_metadata=logical_axes("norm"))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    # Stride equals kernel, so the conv is a matmul over flattened tubelets. Written as one: same parameters and
-    # numbers (up to summation order), but XLA:CPU's strided-conv weight gradient took 3/4 of a tiny model's step
-    # (docs/performance.md), and a plain dot is what every backend is best at.
-    kernel = self.proj.kernel[...]
-    (kt, kh, kw, c, d), (b, t, h, w, _) = kernel.shape, x.shape
+    return self.project(self.tubelets(x))
+
+  def tubelets(self, x: jax.Array) -> jax.Array:
+    """[B, T, H, W, C] -> [B, N, kt*kh*kw*C]: each token's pixels, flattened in the kernel's (t, h, w, c) order.
+
+    Stride equals kernel, so the conv is a matmul over flattened tubelets. Written as one: same parameters and
+    numbers (up to summation order), but XLA:CPU's strided-conv weight gradient took 3/4 of a tiny model's step
+    (docs/performance.md), and a plain dot is what every backend is best at. Split from project() so that a caller
+    can select tokens before embedding them (VisionTransformer.embed).
+    """
+    (kt, kh, kw, c, _), (b, t, h, w, _) = self.proj.kernel.shape, x.shape
     x = x.reshape(b, t // kt, kt, h // kh, kh, w // kw, kw, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
-    x = x.reshape(b, (t // kt) * (h // kh) * (w // kw), kt * kh * kw * c)
-    y = jnp.dot(x.astype(self.dtype), kernel.reshape(-1, d).astype(self.dtype)) + self.proj.bias[...].astype(self.dtype)
+    return x.reshape(b, (t // kt) * (h // kh) * (w // kw), kt * kh * kw * c)
+
+  def project(self, tubelets: jax.Array) -> jax.Array:
+    """Flattened tubelets [..., kt*kh*kw*C] -> float32 tokens [..., D]."""
+    kernel = self.proj.kernel[...]
+    kernel = kernel.reshape(-1, kernel.shape[-1]).astype(self.dtype)
+    y = jnp.dot(tubelets.astype(self.dtype), kernel) + self.proj.bias[...].astype(self.dtype)
     return y.astype(jnp.float32)
 
 

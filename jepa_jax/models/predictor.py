@@ -138,7 +138,8 @@ class VisionTransformerPredictor(nnx.Module):
     targets = jnp.broadcast_to(token, (b, kt, self.predictor_embed_dim))
     if not self.use_rope:
       pos = jnp.asarray(self.pos_embed())
-      x, targets = x + pos[context_indices], targets + pos[target_indices]
+      x = x + layers.take_tokens(pos, context_indices)
+      targets = targets + layers.take_tokens(pos, target_indices)
     # [quirk, docs/reference.md §2.3] V1 concatenates [context; targets] without sorting by position, full attention,
     # no mask.
     return jnp.concatenate([x, targets], axis=1)

@@ -68,33 +68,33 @@ class VisionTransformer(nnx.Module):
     table is added before the gather, RoPE reads their indices.
     """
     x = self._as_clip(x)
-    tokens = self.embed(x)
     if keep_indices is None:
+      tokens = self.embed(x)
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape[:2])
       return self.encode(tokens, self._layout(positions, x))
     keep_indices = keep_indices.astype(jnp.int32)
-    return self.encode(_gather(tokens, keep_indices), self._layout(keep_indices, x))
+    return self.encode(self.embed(x, keep_indices), self._layout(keep_indices, x))
 
   def encode_masks(self, x: jax.Array, masks: Sequence[jax.Array], packing: str = "sequence") -> list[jax.Array]:
     """The context encoder for several masks of the same clips (one per mask generator): [B, K_g, D] for each.
 
     'none' runs one forward per mask, as the official MultiMaskWrapper; 'sequence' and 'batch' run one forward over
-    all of them (jepa_jax/models/packing.py) and embed the patches once. All three compute the same numbers.
+    all of them (jepa_jax/models/packing.py). All three compute the same numbers.
     """
     packing_lib.check(packing, "config.model.context_packing")
     if packing == "none":
       return [self(x, keep_indices=m) for m in masks]
     x = self._as_clip(x)
-    tokens = self.embed(x)
     masks = [m.astype(jnp.int32) for m in masks]
     lengths = [m.shape[1] for m in masks]
-    kept = [_gather(tokens, m) for m in masks]
     if packing == "sequence":
-      layout = self._layout(packing_lib.pack_sequence(masks), x, segments=tuple(lengths))
-      return packing_lib.unpack_sequence(self.encode(packing_lib.pack_sequence(kept), layout), lengths)
+      indices = packing_lib.pack_sequence(masks)
+      layout = self._layout(indices, x, segments=tuple(lengths))
+      return packing_lib.unpack_sequence(self.encode(self.embed(x, indices), layout), lengths)
     layout = self._layout(packing_lib.pack_batch(masks), x,
                           kv_lengths=packing_lib.batch_lengths(lengths, x.shape[0]))
-    return packing_lib.unpack_batch(self.encode(packing_lib.pack_batch(kept), layout), lengths)
+    kept = packing_lib.pack_batch([self.embed(x, m) for m in masks])
+    return packing_lib.unpack_batch(self.encode(kept, layout), lengths)
 
   def _as_clip(self, x: jax.Array) -> jax.Array:
     if x.ndim == 4:
@@ -116,22 +116,28 @@ class VisionTransformer(nnx.Module):
       return layers.rope_layout(positions, self.token_grid(x), self.embed_dim // self.num_heads, **fields)
     return TokenLayout(positions=positions, **fields)
 
-  def embed(self, x: jax.Array) -> jax.Array:
-    """Clip (or image) -> float32 [B, N, D] patch tokens, with their sin-cos positions added ('sincos')."""
+  def embed(self, x: jax.Array, keep_indices: jax.Array | None = None) -> jax.Array:
+    """Clip (or image) -> float32 [B, N, D] patch tokens, with their sin-cos positions added ('sincos').
+
+    keep_indices (int [B, K]): only those tokens, [B, K, D]. The official encoder embeds all N tokens and gathers
+    the kept ones afterwards (apply_masks); the projection and the table act token by token, so gathering the
+    tubelets' pixels first gives the same tokens without embedding the dropped ones, and the backward pass has no
+    scatter of the kept tokens' gradients back into all N (docs/performance.md, "Gather before the embedding").
+    """
     x = self._as_clip(x)
-    tokens = self.patch_embed(x)
+    tubelets = self.patch_embed.tubelets(x)
+    if keep_indices is not None:
+      tubelets = layers.take_tokens(tubelets, keep_indices)
+    tokens = self.patch_embed.project(tubelets)
     if not self.use_rope:
-      tokens = tokens + jnp.asarray(self.pos_embed(self.token_grid(x)))[None]
+      table = jnp.asarray(self.pos_embed(self.token_grid(x)))
+      tokens = tokens + (table[None] if keep_indices is None else layers.take_tokens(table, keep_indices))
     return layers.constrain(tokens)
 
   def encode(self, tokens: jax.Array, layout: TokenLayout) -> jax.Array:
     """Blocks and final norm over embedded tokens laid out as `layout` says; float32 [B, K, D]."""
     tokens = layers.run_blocks(self.blocks, tokens, scan_layers=self.scan_layers, remat=self.remat, layout=layout)
     return layers.constrain(self.norm(tokens)).astype(jnp.float32)
-
-
-def _gather(tokens: jax.Array, indices: jax.Array) -> jax.Array:
-  return jnp.take_along_axis(tokens, indices[..., None], axis=1)
 
 
 # --------------------------------------------------------------------------------------------------------------
