@@ -11,5 +11,5 @@ from jepa_jax.configs.vjepa2 import recipe
 
 def get_config():
   config = recipe.pretrain_config("vit_large", epochs=10)
-  config.mesh.shape = (-1, 1, 1)  # the f32 state (params, EMA, AdamW moments) of ViT-L fits every accelerator
+  config.mesh.shape = (1, -1, 1)  # FSDP over all devices: see configs/vitl16.py
   return config

@@ -10,5 +10,5 @@ from jepa_jax.configs.vjepa2 import recipe
 
 def get_config():
   config = recipe.cooldown_config("vit_large", crop_size=256, batch_size=3072, epochs=40, ipe=300)
-  config.mesh.shape = (-1, 1, 1)
+  config.mesh.shape = (1, -1, 1)  # FSDP over all devices: see configs/vitl16.py
   return config
