@@ -16,7 +16,10 @@ small unrolled compiles of the same step (same width, batch, tokens, remat, kern
   python bench/memory_plan.py --models=vitl16 --topologies=v5p --batches=24 --remat=none --fit-depths=1:1,2:1,1:2
 
 Needs libtpu: pip install 'libtpu==0.0.42.*' (or 'jax[tpu]==0.10.2'). FLOPs from cost_analysis() count a scanned
-layer once, so they are recorded only as a lower bound.
+layer once, so they are recorded only as a lower bound. TPU compiler flags come from LIBTPU_INIT_ARGS, as on a TPU VM
+(launch/tpu/common.sh sets them per chip); a row records them and its plan is theirs:
+
+  LIBTPU_INIT_ARGS=--xla_tpu_scoped_vmem_limit_kib=98304 python bench/memory_plan.py --models=vitl16 ...
 """
 from __future__ import annotations
 
@@ -108,6 +111,8 @@ def plan_one(model: str, topology: str, per_device_batch: int, remat: str, *, fs
          "fsdp": mesh.shape["fsdp"], "data": mesh.shape["data"], "per_device_batch": per_device_batch,
          "remat": remat, "dtype": dtype, "scan": scan, "attention": _kernel(attention, dtype), "size": size,
          "packing": f"{config.model.context_packing}/{config.model.predictor_packing}"}
+  if os.environ.get("LIBTPU_INIT_ARGS"):  # TPU compiler flags change the program and its estimate: part of the plan
+    row["libtpu_init_args"] = os.environ["LIBTPU_INIT_ARGS"]
   t0 = time.perf_counter()
   try:
     setup = bench.build_step(config, mesh=mesh)
@@ -145,12 +150,17 @@ def _key(r: dict) -> tuple:
   context, _, predictor = r.get("packing", "none/none").partition("/")
   packing = f"{context}/{predictor or packing_lib.predictor_packing_for(kernel, 'tpu')}"
   return (r["model"], r["topology"], r["per_device_batch"], r["remat"], r["fsdp"], r["dtype"], r["scan"], kernel,
-          packing, r.get("size", ""))
+          packing, r.get("size", ""), r.get("libtpu_init_args", ""))
 
 
 def _plan_key(r: dict) -> tuple:
   """A plan without its depths: the full-depth scanned compile and its unrolled fit compiles share it."""
-  return _key(r)[:6] + _key(r)[7:9]
+  return _key(r)[:6] + _key(r)[7:9] + _key(r)[10:]
+
+
+def _kernel_label(kernel: str, libtpu_init_args: str) -> str:
+  """The attention column: the kernel, and the TPU compiler flags the compile ran with (LIBTPU_INIT_ARGS)."""
+  return f"{kernel}, {libtpu_init_args}" if libtpu_init_args else kernel
 
 
 def fit_step_time(points: list[tuple[int, int, float]], b_pred: float | None = None) -> tuple[float, float, float]:
@@ -195,7 +205,8 @@ def run_grid(args) -> None:
           for scan, size in variants:
             key = _key(dict(model=model, topology=topology, per_device_batch=b, remat=remat, fsdp=fsdp,
                             dtype=args.dtype, scan=scan, attention=_kernel(args.attention, args.dtype),
-                            packing=args.packing or _config_packing(model), size=size))
+                            packing=args.packing or _config_packing(model), size=size,
+                            libtpu_init_args=os.environ.get("LIBTPU_INIT_ARGS", "")))
             if key in done:
               continue
             row = plan_one(model, topology, b, remat, fsdp=args.fsdp, dtype=args.dtype, scan=scan,
@@ -293,7 +304,7 @@ def report(path: str) -> str:
       util = f"{100 * r['analytic_flops'] / (est['estimate_s'] * peak):.1f}%" if "analytic_flops" in r else "-"
     tflop = f"{r['analytic_flops'] / 1e12:.1f}" if "analytic_flops" in r else "-"
     lines.append(f"| {r['model']} | {r['topology']} ({r['hbm_gib']} G) | {r['devices']} | {r['fsdp']} | "
-                 f"{r['per_device_batch']} | {_key(r)[7]} | {_key(r)[8]} | {r['remat']} | {fits} | "
+                 f"{r['per_device_batch']} | {_kernel_label(_key(r)[7], _key(r)[10])} | {_key(r)[8]} | {r['remat']} | {fits} | "
                  f"{_gib(r, 'peak_gib')} | {_gib(r, 'argument_gib')} | {step} | {tflop} | {util} |")
   lines += ["", "Compiler-estimated step time at full depth, t = a + b_enc * depth + b_pred * pred_depth fitted to "
             "unrolled compiles at (depth, pred_depth) = " + ", ".join(map(str, FIT_DEPTHS)) + ":", "",
@@ -302,7 +313,7 @@ def report(path: str) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for key, e in sorted(estimates.items()):
     checks = "; ".join(f"({d}, {p}) {t:.4f}, {100 * err:+.1f}%" for d, p, t, err in e["checks"]) or "none"
-    lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[6]} | {key[7]} | {key[3]} | {e['a']:.4f} | "
+    lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {_kernel_label(key[6], key[8])} | {key[7]} | {key[3]} | {e['a']:.4f} | "
                  f"{e['b_enc']:.5f} | {e['b_pred']:.5f} | {e['depths']} | {e['estimate_s']:.3f} | {e['source']} | "
                  f"{checks} |")
   return "\n".join(lines)

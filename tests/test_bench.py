@@ -104,10 +104,10 @@ def test_the_step_time_fit_reads_full_depth_from_small_unrolled_compiles_and_rep
   rows += [_fit_row("vith16", d, 1, line(d, 1, a=0.75, b=0.5)) for d in (1, 2)]
   rows.append(_fit_row("vith16", 1, 1, 9.0, remat="full"))  # one point, no donor with remat full: no estimate
   est = plan.step_estimates(rows)
-  large = est[("vitl16", "v5p", 24, "none", 4, "bfloat16", "splash", "sequence/sequence")]
+  large = est[("vitl16", "v5p", 24, "none", 4, "bfloat16", "splash", "sequence/sequence", "")]
   assert large["estimate_s"] == pytest.approx(line(24, 12)) and large["source"] == "fit"
   assert [c[:2] for c in large["checks"]] == [(4, 2)] and large["checks"][0][3] == pytest.approx(1 / 1.1 - 1)
-  huge = est[("vith16", "v5p", 24, "none", 4, "bfloat16", "splash", "sequence/sequence")]
+  huge = est[("vith16", "v5p", 24, "none", 4, "bfloat16", "splash", "sequence/sequence", "")]
   assert huge["estimate_s"] == pytest.approx(line(32, 12, a=0.75, b=0.5)) and huge["source"] == "b_pred of vitl16"
   assert len(est) == 2
   with pytest.raises(ValueError, match="3 distinct"):

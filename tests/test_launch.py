@@ -4,6 +4,7 @@ Nothing here reaches a cloud: the TPU and SLURM scripts are checked through DRY_
 srun command instead of running it. local_multiprocess.sh is also run for real with a stand-in module that joins
 jax.distributed exactly as jepa_jax.main does, so its process plumbing (ids, port, devices, failure) is tested now.
 """
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -80,10 +81,40 @@ def test_tpu_launch_dry_run_prints_create_setup_run_logs_for_v5p_64():
   assert "pip install --quiet -r requirements.txt '\\''jax[tpu]==0.10.2'\\''" in out
   train = ("$HOME/jepa_venv/bin/python -m jepa_jax.main --distributed --config=configs/vitl16.py --workdir=gs://bucket/vitl16 "
            "--config.optim.grad_accum_steps=4 >>\"$log\" 2>&1 </dev/null &")
-  assert f"setsid nohup env {train}" in out
+  assert f"setsid nohup env LIBTPU_INIT_ARGS=--xla_tpu_scoped_vmem_limit_kib=98304 {train}" in out
   assert "tpu-vm ssh jepa-v5p --zone=us-east5-a --project=proj-1 --worker=0" in out  # the log stream
   # Training starts only after the slice exists and the code is installed.
   assert out.index("queued-resources create") < out.index("pip install") < out.index("jepa_jax.main --distributed --config")
+
+
+@pytest.mark.parametrize("tpu_type, extra, expected", [
+    ("v6e-16", {}, "env LIBTPU_INIT_ARGS=--xla_tpu_scoped_vmem_limit_kib=98304 $HOME/jepa_venv"),
+    ("v4-8", {}, "env $HOME/jepa_venv"),  # no VMEM flag where the plans were not compiled
+    ("v5p-8", {"LIBTPU_INIT_ARGS": ""}, "env $HOME/jepa_venv"),  # set empty: none
+    ("v5p-8", {"LIBTPU_INIT_ARGS": "--xla_tpu_a=1 --xla_tpu_b=2"},
+     "env LIBTPU_INIT_ARGS=--xla_tpu_a=1\\ --xla_tpu_b=2 $HOME/jepa_venv"),
+])
+def test_tpu_run_passes_the_compiler_flags_of_its_chip(tpu_type, extra, expected):
+  out = _dry("tpu/run.sh", **{**V5P, "TPU_TYPE": tpu_type, **extra})
+  assert expected in out, out
+
+
+def test_tpu_compiler_flags_are_known_to_the_pinned_libtpu():
+  """libtpu aborts on an unknown flag; the flags run.sh passes for v5p compile a program for a v5p topology."""
+  if importlib.util.find_spec("libtpu") is None:
+    pytest.skip("libtpu is not installed (requirements-aot.txt)")
+  flags = _run(["bash", "-c", "source launch/tpu/common.sh && TPU_TYPE=v5p-8 DRY_RUN=1 _apply_defaults && "
+                "echo \"$LIBTPU_INIT_ARGS\""], env={})
+  assert flags.stdout.strip() == "--xla_tpu_scoped_vmem_limit_kib=98304", flags.stderr
+  code = ("from jax.experimental import topologies; import jax, jax.numpy as jnp; "
+          "d = topologies.get_topology_desc(platform='tpu', topology_name='v5p:2x2x1', chip_config_name='megacore'); "
+          "s = jax.sharding.SingleDeviceSharding(d.devices[0]); "
+          "x = jax.ShapeDtypeStruct((256, 256), jnp.bfloat16, sharding=s); "
+          "print(jax.jit(lambda a: a @ a).lower(x).compile().cost_analysis() is not None)")
+  result = _run([sys.executable, "-c", code], timeout=300,
+                env={"LIBTPU_INIT_ARGS": flags.stdout.strip(), "JAX_PLATFORMS": "cpu", "TPU_SKIP_MDS_QUERY": "1",
+                     "TPU_WORKER_HOSTNAMES": "localhost", "ALLOW_MULTIPLE_LIBTPU_LOAD": "true"})
+  assert result.returncode == 0 and result.stdout.strip().endswith("True"), result.stderr[-2000:]
 
 
 def test_tpu_delete_dry_run_deletes_queued_resource_and_its_nodes():

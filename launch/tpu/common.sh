@@ -29,7 +29,11 @@
 #   CONFIG            configs/vitl16.py   training config file (path inside the repository)
 #   WORKDIR           (required for run)  gs://BUCKET/PATH: checkpoints, logs, TensorBoard. Reusing it resumes.
 #   OVERRIDES         ""                  extra training flags, e.g. "--config.mesh.shape=(-1,4,1)"
-#   EXTRA_ENV         ""                  KEY=VALUE pairs exported for training (e.g. LIBTPU_INIT_ARGS=...)
+#   LIBTPU_INIT_ARGS  per TPU_TYPE        TPU compiler flags for training. v5p, v6e: --xla_tpu_scoped_vmem_limit_kib=98304
+#                                         (96 MiB of on-chip VMEM for XLA's fusions instead of the default; the
+#                                         compiler's estimate of ViT-L/16's step falls ~10%: docs/performance.md,
+#                                         "TPU compiler flags"); v4, v5e: none. Set it empty to compile without.
+#   EXTRA_ENV         ""                  KEY=VALUE pairs exported for training (e.g. TPU_STDERR_LOG_LEVEL=0)
 #   RESTART           0                   run.sh: 1 stops a training process still running on the workers first
 #   WORKER            0                   logs.sh: which worker's log to stream (a number, or all)
 #   DELETE_AT_END     0                   launch.sh: 1 deletes the slice when the log stream ends
@@ -43,7 +47,7 @@ REPO_ROOT="$(cd "${LAUNCH_TPU_DIR}/../.." && pwd)"
 
 _SETTINGS=(TPU_NAME QUEUED_RESOURCE TPU_TYPE ZONE PROJECT PRICING RUNTIME_VERSION NUM_SLICES CREATE_FLAGS SSH_FLAGS
   WAIT_TIMEOUT_S POLL_S CODE_SOURCE REPO_URL GIT_REF PYTHON_VERSION JAX_VERSION PIP_EXTRA CONFIG WORKDIR OVERRIDES
-  EXTRA_ENV RESTART WORKER DELETE_AT_END DRY_RUN)
+  LIBTPU_INIT_ARGS EXTRA_ENV RESTART WORKER DELETE_AT_END DRY_RUN)
 
 die() {
   echo "error: $*" >&2
@@ -85,13 +89,15 @@ _apply_defaults() {
   TPU_NAME="${TPU_NAME:-jepa-${USER:-user}}"
   QUEUED_RESOURCE="${QUEUED_RESOURCE:-${TPU_NAME}}"
   TPU_TYPE="${TPU_TYPE:-v4-8}"
+  _libtpu_args=""
   case "${TPU_TYPE}" in
     v4-*) _zone=us-central2-b _runtime=tpu-ubuntu2204-base ;;
     v5litepod-* | v5e-*) _zone=us-west4-a _runtime=v2-alpha-tpuv5-lite ;;
-    v5p-*) _zone=us-east5-a _runtime=v2-alpha-tpuv5 ;;
-    v6e-*) _zone=us-east5-b _runtime=v2-alpha-tpuv6e ;;
+    v5p-*) _zone=us-east5-a _runtime=v2-alpha-tpuv5 _libtpu_args=--xla_tpu_scoped_vmem_limit_kib=98304 ;;
+    v6e-*) _zone=us-east5-b _runtime=v2-alpha-tpuv6e _libtpu_args=--xla_tpu_scoped_vmem_limit_kib=98304 ;;
     *) die "unknown TPU_TYPE '${TPU_TYPE}' (v4-N, v5litepod-N, v5p-N, v6e-N)" ;;
   esac
+  LIBTPU_INIT_ARGS="${LIBTPU_INIT_ARGS-${_libtpu_args}}"
   ZONE="${ZONE:-${_zone}}"
   RUNTIME_VERSION="${RUNTIME_VERSION:-${_runtime}}"
   if [[ -z "${PROJECT:-}" ]]; then

@@ -16,6 +16,7 @@ parse_args "$@"
 
 train="$(train_args)"
 env_prefix=""
+[[ -z "${LIBTPU_INIT_ARGS}" ]] || env_prefix="$(printf '%q' "LIBTPU_INIT_ARGS=${LIBTPU_INIT_ARGS}") "
 read -ra extra_env <<<"${EXTRA_ENV}"
 for kv in "${extra_env[@]}"; do
   [[ "${kv}" == *=* ]] || die "EXTRA_ENV entries are KEY=VALUE, not '${kv}'"
