@@ -88,8 +88,9 @@ def test_tpu_launch_dry_run_prints_create_setup_run_logs_for_v5p_64():
 
 
 @pytest.mark.parametrize("tpu_type, extra, expected", [
-    ("v6e-16", {}, "env LIBTPU_INIT_ARGS=--xla_tpu_scoped_vmem_limit_kib=98304 $HOME/jepa_venv"),
-    ("v4-8", {}, "env $HOME/jepa_venv"),  # no VMEM flag where the plans were not compiled
+    ("v5p-128", {}, "env LIBTPU_INIT_ARGS=--xla_tpu_scoped_vmem_limit_kib=98304 $HOME/jepa_venv"),
+    ("v6e-16", {}, "env $HOME/jepa_venv"),  # no VMEM flag where the plans were not compiled with it
+    ("v4-8", {}, "env $HOME/jepa_venv"),
     ("v5p-8", {"LIBTPU_INIT_ARGS": ""}, "env $HOME/jepa_venv"),  # set empty: none
     ("v5p-8", {"LIBTPU_INIT_ARGS": "--xla_tpu_a=1 --xla_tpu_b=2"},
      "env LIBTPU_INIT_ARGS=--xla_tpu_a=1\\ --xla_tpu_b=2 $HOME/jepa_venv"),

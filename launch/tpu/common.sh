@@ -29,10 +29,11 @@
 #   CONFIG            configs/vitl16.py   training config file (path inside the repository)
 #   WORKDIR           (required for run)  gs://BUCKET/PATH: checkpoints, logs, TensorBoard. Reusing it resumes.
 #   OVERRIDES         ""                  extra training flags, e.g. "--config.mesh.shape=(-1,4,1)"
-#   LIBTPU_INIT_ARGS  per TPU_TYPE        TPU compiler flags for training. v5p, v6e: --xla_tpu_scoped_vmem_limit_kib=98304
+#   LIBTPU_INIT_ARGS  per TPU_TYPE        TPU compiler flags for training. v5p: --xla_tpu_scoped_vmem_limit_kib=98304
 #                                         (96 MiB of on-chip VMEM for XLA's fusions instead of the default; the
-#                                         compiler's estimate of ViT-L/16's step falls ~10%: docs/performance.md,
-#                                         "TPU compiler flags"); v4, v5e: none. Set it empty to compile without.
+#                                         compiler's estimate of ViT-L/16's step falls ~9%: docs/performance.md,
+#                                         "TPU compiler flags"); other chips (not compiled with it): none. Set it
+#                                         empty to compile without.
 #   EXTRA_ENV         ""                  KEY=VALUE pairs exported for training (e.g. TPU_STDERR_LOG_LEVEL=0)
 #   RESTART           0                   run.sh: 1 stops a training process still running on the workers first
 #   WORKER            0                   logs.sh: which worker's log to stream (a number, or all)
@@ -94,7 +95,7 @@ _apply_defaults() {
     v4-*) _zone=us-central2-b _runtime=tpu-ubuntu2204-base ;;
     v5litepod-* | v5e-*) _zone=us-west4-a _runtime=v2-alpha-tpuv5-lite ;;
     v5p-*) _zone=us-east5-a _runtime=v2-alpha-tpuv5 _libtpu_args=--xla_tpu_scoped_vmem_limit_kib=98304 ;;
-    v6e-*) _zone=us-east5-b _runtime=v2-alpha-tpuv6e _libtpu_args=--xla_tpu_scoped_vmem_limit_kib=98304 ;;
+    v6e-*) _zone=us-east5-b _runtime=v2-alpha-tpuv6e ;;
     *) die "unknown TPU_TYPE '${TPU_TYPE}' (v4-N, v5litepod-N, v5p-N, v6e-N)" ;;
   esac
   LIBTPU_INIT_ARGS="${LIBTPU_INIT_ARGS-${_libtpu_args}}"
