@@ -18,12 +18,13 @@ CHIPS = (("v6 lite", "v6e"), ("v5 lite", "v5e"), ("v5p", "v5p"), ("tpu v5", "v5p
 
 # (model name, crop_size, num_frames, chip) -> ((largest per-chip batch compiled, remat), ...), by batch.
 # A row covers every per-chip batch up to its own: activations only shrink with the batch. Compiled with FSDP over
-# the slice (v5p-8: 4 chips); pure data parallelism adds the unsharded state (ViT-L ~5 GB, ViT-H ~10 GB per chip).
+# the slice (v5p-8: 4 chips), the configs' mesh; pure data parallelism would add the unsharded state (ViT-L ~5 GB,
+# ViT-H ~10 GB per chip).
 REMAT_PLANS: dict[tuple[str, int, int, str], tuple[tuple[int, str], ...]] = {
-    # v5p (95.74 GiB), 24 clips: no remat peaks at 41.04 GiB with sequence-minor splash blocks (49.56 head-minor;
+    # v5p (95.74 GiB), 24 clips: no remat peaks at 41.14 GiB with sequence-minor splash blocks (49.56 head-minor;
     # full remat: 10.43 GiB, ~1/3 more FLOPs).
     ("vit_large", 224, 16, "v5p"): ((24, "none"),),
-    # v5p, 24 clips: no remat peaks at 54.52 GiB (63.00 head-minor).
+    # v5p, 24 clips: no remat peaks at 54.66 GiB (63.00 head-minor).
     ("vit_huge", 224, 16, "v5p"): ((24, "none"),),
     # v6e (31.25 GiB), FSDP 8, 24 clips: no remat needs 49.1 GiB; dots peaks at 13.91 GiB. dots keeps the linear
     # layers' outputs and recomputes the rest (elementwise ops and the attention kernel), fewer FLOPs than full.
@@ -32,7 +33,7 @@ REMAT_PLANS: dict[tuple[str, int, int, str], tuple[tuple[int, str], ...]] = {
     # v6e, FSDP 8, 24 clips: no remat needs 62.5 GiB; dots peaks at 18.18 GiB.
     ("vit_huge", 224, 16, "v6e"): ((24, "dots"),),
     # ViT-H/16 at 384 px (4,608 tokens per clip), v5p FSDP 4, 10 clips (the official per-GPU batch): no remat peaks
-    # at 77.42 GiB of 95.74 (88.48 head-minor; full remat: 30.70 GiB).
+    # at 77.34 GiB of 95.74 (88.48 head-minor; full remat: 30.70 GiB).
     ("vit_huge", 384, 16, "v5p"): ((10, "none"),),
     # V-JEPA 2 (configs/vjepa2/; RoPE, its predictor: the same widths and depths as V-JEPA 1's, so the rows hold for
     # either). ViT-g/16, 16 x 256 px, v5p FSDP 4, 24 clips: no remat needed 102.2 GiB with head-minor splash blocks and
@@ -41,7 +42,7 @@ REMAT_PLANS: dict[tuple[str, int, int, str], tuple[tuple[int, str], ...]] = {
     # v6e, FSDP 8, 24 clips: dots peaks at 29.11 GiB of 31.25; full 10.63.
     ("vit_giant_xformers", 256, 16, "v6e"): ((24, "dots"),),
     # The 64-frame cooldown (8,192 tokens per clip), ViT-L/16 at 12 clips per v5p chip (the official per-GPU batch):
-    # no remat needs 130.5 GiB; dots 37.57 GiB (FSDP 4; the config's pure data parallelism adds ~4 GiB of state).
+    # no remat needs 130.5 GiB; dots 37.57 GiB (FSDP 4, as the config).
     ("vit_large", 256, 64, "v5p"): ((12, "dots"),),
     # ViT-g/16 cooldown at 6 clips per v5p chip, FSDP 4: no remat needs 122.5 GiB; dots 36.29 GiB; full 13.63.
     ("vit_giant_xformers", 256, 64, "v5p"): ((6, "dots"),),

@@ -23,7 +23,7 @@ from jepa_jax.models import rope
 
 LN_EPS = 1e-6
 # take_tokens: the largest token count that a TPU program selects from by one-hot matmul. Its cost grows with N^2
-# per clip, a gather's with N: by the TPU compiler's estimates (docs/performance.md, "Token selection on TPU") the
+# per clip, a gather's with N: by the TPU compiler's estimates (docs/performance.md, "Token selection") the
 # one-hot matmul saves 1.1 ms of ViT-L's step at 1,568 tokens (224 px) and costs 0.4 ms of ViT-H's at 4,608 (384 px).
 # 2,048 covers 224 and 256 px at 16 frames.
 ONE_HOT_MAX_TOKENS = 2048
@@ -41,12 +41,12 @@ def take_tokens(x: jax.Array, indices: jax.Array) -> jax.Array:
 
   The official apply_masks: a gather along the tokens. The TPU compiler charges a gather of rows along a non-minor
   axis more than the one-hot matmul that computes the same rows on the matrix unit (the TPU idiom for small tables,
-  as in flaxformer's one-hot embedding; docs/performance.md "Token selection on TPU"), so a TPU program selects
+  as in flaxformer's one-hot embedding; docs/performance.md "Token selection"), so a TPU program selects
   tokens by one_hot(indices) @ x while N is at most ONE_HOT_MAX_TOKENS, and gathers elsewhere. Each one-hot row
   holds a single 1, so at full precision (float32 operands: Precision.HIGHEST, whose bf16 passes split each value
   exactly; bfloat16 operands are exact at the default) the rows equal the gather's (a -0.0 may come back +0.0).
   """
-  n = x.shape[-2] if x.ndim == 2 else x.shape[1]
+  n = x.shape[0] if x.ndim == 2 else x.shape[1]
   if attention.current_platform() != "tpu" or n > ONE_HOT_MAX_TOKENS:
     if x.ndim == 2:
       return jnp.take(x, indices, axis=0)

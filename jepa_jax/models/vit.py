@@ -64,8 +64,8 @@ class VisionTransformer(nnx.Module):
   def __call__(self, x: jax.Array, keep_indices: jax.Array | None = None) -> jax.Array:
     """x: [B, T, H, W, 3] normalised clip, or an image [B, H, W, 3]; keep_indices: int [B, K] tokens to keep.
 
-    Returns float32 [B, K or N, D]. Kept tokens carry their absolute positions (official apply_masks): the sin-cos
-    table is added before the gather, RoPE reads their indices.
+    Returns float32 [B, K or N, D]. Kept tokens carry their absolute positions (official apply_masks): each gets the
+    sin-cos table's row of its own index (embed), RoPE reads their indices.
     """
     x = self._as_clip(x)
     if keep_indices is None:
@@ -122,7 +122,7 @@ class VisionTransformer(nnx.Module):
     keep_indices (int [B, K]): only those tokens, [B, K, D]. The official encoder embeds all N tokens and gathers
     the kept ones afterwards (apply_masks); the projection and the table act token by token, so gathering the
     tubelets' pixels first gives the same tokens without embedding the dropped ones, and the backward pass has no
-    scatter of the kept tokens' gradients back into all N (docs/performance.md, "Gather before the embedding").
+    scatter of the kept tokens' gradients back into all N (docs/performance.md, "Token selection").
     """
     x = self._as_clip(x)
     tubelets = self.patch_embed.tubelets(x)
