@@ -93,7 +93,8 @@ class VisionTransformer(nnx.Module):
       return packing_lib.unpack_sequence(self.encode(self.embed(x, indices), layout), lengths)
     layout = self._layout(packing_lib.pack_batch(masks), x,
                           kv_lengths=packing_lib.batch_lengths(lengths, x.shape[0]))
-    kept = packing_lib.pack_batch([self.embed(x, m) for m in masks])
+    tubelets, grid = self.patch_embed.tubelets(x), self.token_grid(x)  # once for every generator
+    kept = packing_lib.pack_batch([self._embed_tubelets(tubelets, grid, m) for m in masks])
     return packing_lib.unpack_batch(self.encode(kept, layout), lengths)
 
   def _as_clip(self, x: jax.Array) -> jax.Array:
@@ -125,12 +126,16 @@ class VisionTransformer(nnx.Module):
     scatter of the kept tokens' gradients back into all N (docs/performance.md, "Token selection").
     """
     x = self._as_clip(x)
-    tubelets = self.patch_embed.tubelets(x)
+    return self._embed_tubelets(self.patch_embed.tubelets(x), self.token_grid(x), keep_indices)
+
+  def _embed_tubelets(self, tubelets: jax.Array, grid: tuple[int, int, int],
+                      keep_indices: jax.Array | None) -> jax.Array:
+    """embed() from the clip's flattened tubelets [B, N, P] and its token grid."""
     if keep_indices is not None:
       tubelets = layers.take_tokens(tubelets, keep_indices)
     tokens = self.patch_embed.project(tubelets)
     if not self.use_rope:
-      table = jnp.asarray(self.pos_embed(self.token_grid(x)))
+      table = jnp.asarray(self.pos_embed(grid))
       tokens = tokens + (table[None] if keep_indices is None else layers.take_tokens(table, keep_indices))
     return layers.constrain(tokens)
 
