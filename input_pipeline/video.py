@@ -4,8 +4,10 @@ The official loader (decord) builds a frame index of the whole file and then rea
 same with PyAV, but decode only what the clip needs: the packet headers give every frame's presentation time and the
 keyframes, so we seek to the keyframe before the first wanted frame, decode forward (the decoder skips the
 non-reference frames that are not wanted: most B-frames between wanted frames), convert only the wanted frames to
-RGB and stop after the last one. Frame i is the i-th frame in presentation order, as in decord, which keeps the
-index rule exact for B-frames and variable frame rates.
+RGB, written straight into the clip, and drain the decoder once the last wanted packet is in. Frame i is the i-th
+frame in presentation order, as in decord, which keeps the index rule exact for B-frames and variable frame rates;
+the pixels are decord's (bench/input_pipeline.py checks it on natural footage). Where the container's header says
+all that FFmpeg's stream probing would learn, the file is opened without probing (`_open_indexed`).
 
 Paths may be URLs (gs://...): such files are read through a seekable file object
 (input_pipeline.storage.open_read).
@@ -17,7 +19,7 @@ import bisect
 import contextlib
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Iterable, Sequence
 
 import av
 from av.video.reformatter import VideoReformatter
@@ -127,6 +129,7 @@ class _FrameTable:
   pts: np.ndarray
   key_pts: list
   avg_fps: float | None
+  reordered: bool = False  # some packet came before an earlier-presented one (B-frames)
 
 
 def _check_file(path: str, max_bytes: int) -> None:
@@ -140,13 +143,19 @@ def _check_file(path: str, max_bytes: int) -> None:
 
 
 @contextlib.contextmanager
-def _open(path: str, threads: int):
-  """(container, stream), closed on exit. URLs (gs://...) are read through a file object; local paths by FFmpeg."""
+def _open(path: str, threads: int, *, probe_streams: bool = True):
+  """(container, stream), closed on exit. URLs (gs://...) are read through a file object; local paths by FFmpeg.
+
+  probe_streams=False opens without FFmpeg's stream probing (avformat_find_stream_info), which decodes frames to
+  learn what the header may already say: an h264 stream without B-frames costs 7 decoded frames at every open, 15
+  of bigbuckbunny.mp4's ~300 ms per clip. `_open_indexed` decides whether the header was enough.
+  """
   file = None
   try:
     if storage.is_remote(path):
       file = storage.open_read(path)
-    container = av.open(file if file is not None else path, metadata_errors="ignore")
+    options = {} if probe_streams else {"probesize": "32"}  # FFmpeg's minimum: stop probing at once
+    container = av.open(file if file is not None else path, metadata_errors="ignore", options=options)
   except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
     if file is not None:
       file.close()
@@ -168,6 +177,7 @@ def _open(path: str, threads: int):
 def _frame_table(path, container, stream) -> _FrameTable:
   """Demuxes packet headers only (no decoding) to learn every frame's timestamp, like decord's index."""
   pts, key_pts = [], []
+  reordered = False
   try:
     for packet in container.demux(stream):
       if packet.size == 0:
@@ -175,6 +185,7 @@ def _frame_table(path, container, stream) -> _FrameTable:
       t = packet.pts if packet.pts is not None else packet.dts
       if t is None:
         raise VideoDecodeError(path, "packets without timestamps")
+      reordered = reordered or (bool(pts) and t < pts[-1])
       pts.append(t)
       if packet.is_keyframe:
         key_pts.append(t)
@@ -188,47 +199,93 @@ def _frame_table(path, container, stream) -> _FrameTable:
   avg_fps = float(avg) if avg else None
   if not avg_fps and len(pts) > 1 and stream.time_base:
     avg_fps = (len(pts) - 1) / float((max(pts) - min(pts)) * stream.time_base)
-  return _FrameTable(np.sort(np.asarray(pts, np.int64)), sorted(key_pts) or [int(min(pts))], avg_fps)
+  return _FrameTable(np.sort(np.asarray(pts, np.int64)), sorted(key_pts) or [int(min(pts))], avg_fps, reordered)
+
+
+def _header_suffices(stream, table: _FrameTable) -> bool:
+  """Whether a container opened without stream probing tells the decode all that probing would have.
+
+  Probing fills in what a header may lack: the average frame rate (the fps and duration rules use it, as decord
+  reads it; MP4 and Matroska headers carry it, and probing never overrides a header's value), the frame size, and
+  for h264 the decoder's reorder delay, which an SPS without bitstream restrictions leaves unknown and probing
+  guesses by decoding frames. Without reordering (presentation order equals decode order, as the packet table
+  shows) the delay is 0 and needs no guess; with reordering the decoder must already know a delay from the header.
+  """
+  codec = stream.codec_context
+  if not codec.width or not stream.average_rate:
+    return False
+  return not table.reordered or bool(codec.has_b_frames)
+
+
+@contextlib.contextmanager
+def _open_indexed(path: str, threads: int):
+  """(container, stream, frame table): opened without stream probing where the header suffices, else probed."""
+  with contextlib.ExitStack() as stack:
+    try:
+      container, stream = stack.enter_context(_open(path, threads, probe_streams=False))
+      table = _frame_table(path, container, stream)
+      trusted = _header_suffices(stream, table)
+    except VideoDecodeError:
+      trusted = False  # e.g. streams that only probing finds: the probed open below says what is wrong
+    if not trusted:
+      stack.close()
+      container, stream = stack.enter_context(_open(path, threads))
+      table = _frame_table(path, container, stream)
+    yield container, stream, table
 
 
 def _to_rgb(frame, reformatter: VideoReformatter) -> np.ndarray:
   """uint8 [H, W, 3]: one swscale call on one thread, through a converter kept for the whole clip.
 
   A frame's own to_ndarray(format='rgb24') sets up a new scaler per frame with a thread per core (PyAV's default),
-  which under load costs more than the conversion; the pixels are the same.
+  which under load costs more than the conversion; the pixels are the same. The array is a view of the converted
+  frame's buffer; the caller copies it into the clip.
   """
   rgb = reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
   rotation = int(getattr(frame, "rotation", 0) or 0) % 360
   if rotation:
     # Display matrix rotation is counter-clockwise in degrees; show the frame as a player would.
-    rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+    rgb = np.rot90(rgb, k=rotation // 90)
   return rgb
 
 
-def _decoded_frames(container, stream, skip_pts: Callable[[int], bool] | None):
+def _decoded_frames(packets: Iterable, codec, wanted_pts: frozenset, skip_unwanted: bool):
   """Decoded frames from the current position, in presentation order, leaving out skippable non-reference frames.
 
-  The decoder's skip_frame is set per packet, before the packet goes in: NONREF when `skip_pts(packet.pts)` says
-  the packet's own frame is not wanted, DEFAULT otherwise. NONREF drops only frames no other frame refers to (the
-  B-frames between wanted frames, at frame_step 4 most of them), so every frame still decoded is exact; a wanted
-  frame is never skipped because its own packet is decoded with DEFAULT. Packets without a pts are never skipped
-  (their frame cannot be named before decoding). skip_pts None decodes everything.
+  The decoder's skip_frame is set per packet, before the packet goes in: NONREF when the packet's own frame is not
+  wanted (and skip_unwanted), DEFAULT otherwise. NONREF drops only frames no other frame refers to (the B-frames
+  between wanted frames, at frame_step 4 most of them), so every frame still decoded is exact; a wanted frame is
+  never skipped because its own packet is decoded with DEFAULT. Packets without a pts are never skipped (their
+  frame cannot be named before decoding).
+
+  Once the packet of every wanted frame has gone in, the decoder is drained (an empty packet) instead of being fed
+  more: a decoder with a reorder delay (h264 with B-frames holds back 2 frames on x264's defaults) keeps the last
+  wanted frames until further packets arrive, and those packets would be decoded only to push them out.
   """
-  codec = stream.codec_context
-  for packet in container.demux(stream):
-    skip = skip_pts is not None and packet.pts is not None and skip_pts(packet.pts)
+  unsent = set(wanted_pts)
+  for packet in packets:
+    pts = packet.pts
+    skip = skip_unwanted and pts is not None and pts not in wanted_pts
     codec.skip_frame = "NONREF" if skip else "DEFAULT"
     yield from codec.decode(packet)
+    unsent.discard(pts)
+    if not unsent:
+      yield from codec.decode(None)
+      return
 
 
 def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int], *,
-               skip_unwanted: bool = True) -> dict:
-  """Decodes the frames with the given indices; returns {index: uint8 [H, W, 3]}."""
-  wanted_pts = {int(table.pts[i]): i for i in sorted(set(int(i) for i in wanted))}
-  targets = sorted(wanted_pts)
-  skip_pts = (lambda pts: pts not in wanted_pts) if skip_unwanted else None
+               skip_unwanted: bool = True) -> np.ndarray:
+  """The frames with the given indices (repeats and any order allowed), uint8 [len(wanted), H, W, 3].
+
+  Each wanted frame is converted once and written straight into the clip array (no list of frames to stack).
+  """
+  positions = {}  # pts of a wanted frame -> where it goes in the output
+  for position, index in enumerate(wanted):
+    positions.setdefault(int(table.pts[int(index)]), []).append(position)
+  targets = sorted(positions)
   reformatter = VideoReformatter()
-  out = {}
+  out = None
   frames = None
   last_pts = None  # presentation time of the last decoded frame
   t = 0
@@ -239,12 +296,13 @@ def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int
     # Seek only when the next wanted frame lies past a keyframe we have not reached; otherwise decode on.
     if frames is None or last_pts is None or key > last_pts:
       container.seek(key, stream=stream, backward=True, any_frame=False)
-      frames = _decoded_frames(container, stream, skip_pts)
+      stream.codec_context.flush_buffers()  # no frame from before the seek, and out of a drained state
+      frames = _decoded_frames(container.demux(stream), stream.codec_context, frozenset(targets[t:]), skip_unwanted)
       last_pts = None
     try:
       frame = next(frames)
     except StopIteration:
-      raise VideoDecodeError(path, f"truncated: frame {wanted_pts[target]} not decodable") from None
+      raise VideoDecodeError(path, f"truncated: frame {wanted[positions[target][0]]} not decodable") from None
     except av.FFmpegError as e:
       raise VideoDecodeError(path, f"corrupt data: {e}") from None
     fpts = frame.pts if frame.pts is not None else frame.dts
@@ -253,20 +311,26 @@ def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int
     if last_pts is None and fpts > target:
       # Open GOP: the seek landed after the wanted frame; step one keyframe back and try again.
       if k <= 0:
-        raise VideoDecodeError(path, f"cannot reach frame {wanted_pts[target]}")
+        raise VideoDecodeError(path, f"cannot reach frame {wanted[positions[target][0]]}")
       table.key_pts = table.key_pts[:k] + table.key_pts[k + 1:]
       frames = None
       continue
     last_pts = fpts
     if targets[t] < fpts:  # the decoder skipped a wanted frame (corrupt data)
-      raise VideoDecodeError(path, f"frame {wanted_pts[targets[t]]} missing from the decoded stream")
+      raise VideoDecodeError(path, f"frame {wanted[positions[targets[t]][0]]} missing from the decoded stream")
     if fpts == targets[t]:
-      out[wanted_pts[fpts]] = _to_rgb(frame, reformatter)
+      rgb = _to_rgb(frame, reformatter)
+      if out is None:
+        out = np.empty((len(wanted),) + rgb.shape, np.uint8)
+      elif rgb.shape != out.shape[1:]:
+        raise VideoDecodeError(path, f"frame size changes within the clip ({out.shape[1:3]} -> {rgb.shape[:2]})")
+      for position in positions[fpts]:
+        out[position] = rgb
       t += 1
   return out
 
 
-def _decode_wanted(path, container, stream, table: _FrameTable, wanted: Sequence[int]) -> dict:
+def _decode_wanted(path, container, stream, table: _FrameTable, wanted: Sequence[int]) -> np.ndarray:
   """_decode_at with non-reference frames skipped; should a file's packet timestamps not name its frames (so that
   a wanted frame went missing), decodes again without skipping before giving up."""
   try:
@@ -278,21 +342,18 @@ def _decode_wanted(path, container, stream, table: _FrameTable, wanted: Sequence
 def video_info(path: str) -> tuple[int, float | None]:
   """(number of frames, average fps) from packet headers; raises VideoDecodeError for unusable files."""
   _check_file(path, MAX_FILE_BYTES)
-  with _open(path, 1) as (container, stream):
-    table = _frame_table(path, container, stream)
-  return len(table.pts), table.avg_fps
+  with _open_indexed(path, 1) as (_, _, table):
+    return len(table.pts), table.avg_fps
 
 
 def decode_frames(path: str, indices: Sequence[int], *, threads: int = 1) -> np.ndarray:
   """Frames at the given presentation-order indices (repeats allowed), uint8 [len(indices), H, W, 3] RGB."""
   _check_file(path, MAX_FILE_BYTES)
-  with _open(path, threads) as (container, stream):
-    table = _frame_table(path, container, stream)
+  with _open_indexed(path, threads) as (container, stream, table):
     bad = [i for i in indices if not 0 <= int(i) < len(table.pts)]
     if bad:
       raise VideoDecodeError(path, f"frame index {bad[0]} outside [0, {len(table.pts)})")
-    frames = _decode_wanted(path, container, stream, table, indices)
-  return np.stack([frames[int(i)] for i in indices])
+    return _decode_wanted(path, container, stream, table, indices)
 
 
 def load_clips(path: str, sampling: ClipSampling, rng: np.random.Generator, *,
@@ -303,8 +364,7 @@ def load_clips(path: str, sampling: ClipSampling, rng: np.random.Generator, *,
   of the clips are decoded.
   """
   _check_file(path, sampling.filter_long_videos)
-  with _open(path, threads) as (container, stream):
-    table = _frame_table(path, container, stream)
+  with _open_indexed(path, threads) as (container, stream, table):
     try:
       indices = clip_indices(len(table.pts), sampling, rng, table.avg_fps)
     except ValueError as e:
@@ -313,4 +373,4 @@ def load_clips(path: str, sampling: ClipSampling, rng: np.random.Generator, *,
     if flat.min() < 0:
       raise VideoDecodeError(path, f"too short: {len(table.pts)} frames for {sampling.num_clips} clips")
     frames = _decode_wanted(path, container, stream, table, flat)
-  return [np.stack([frames[int(i)] for i in idx]) for idx in indices], indices
+  return list(np.split(frames, len(indices))), indices

@@ -1,4 +1,5 @@
 """Decoding and the official frame-index rule (docs/reference.md §5.3)."""
+import dataclasses
 import fractions
 import os
 
@@ -271,12 +272,103 @@ def test_unwanted_non_reference_frames_are_not_decoded(tmp_path, monkeypatch):
     count["frames"] = 0
     plain = video._decode_at(path, container, stream, table, idx, skip_unwanted=False)
     without = count["frames"]
-  for i in idx:
-    np.testing.assert_array_equal(skipped[i], full[i])
-    np.testing.assert_array_equal(plain[i], full[i])
+  np.testing.assert_array_equal(skipped, full[idx])
+  np.testing.assert_array_equal(plain, full[idx])
   assert without >= len(idx) + 24  # unwanted frames from each keyframe reached on (seeks jump the other gaps)
   # x264's B-pyramid leaves 2 of every 4 frames unreferenced; most of them lie between wanted frames.
   assert with_skip <= 0.8 * without
+
+
+def test_the_decoder_is_drained_once_the_last_wanted_packet_is_in(tmp_path, monkeypatch):
+  """x264's B-pyramid gives the decoder a reorder delay of 2: without the drain, 2 packets past the last wanted one
+  would be decoded only to push the wanted frames out."""
+  options = {"bf": "3", "g": "250", "keyint_min": "250", "sc_threshold": "0", "x264-params": "b-pyramid=normal"}
+  path = _encode(str(tmp_path / "v.mp4"), _frames(48, seed=4), options=options, gop=250)
+  full = _sequential(path)
+  with av.open(path) as c:
+    packets = [(p.pts, p.is_keyframe) for p in c.demux(video=0) if p.size]
+  decode_order, presentation = [pts for pts, _ in packets], sorted(pts for pts, _ in packets)
+  assert [pts for pts, key in packets if key] == [0]  # one keyframe: every clip below is one seek and one pass
+  original = video._decoded_frames
+  pulled = []
+
+  def counting(packets, *args):
+    def counted():
+      for packet in packets:
+        pulled.append(packet.pts)
+        yield packet
+    return original(counted(), *args)
+  monkeypatch.setattr(video, "_decoded_frames", counting)
+  for idx in ([0], [1, 3], [4, 8, 12], [13, 14, 15, 16], [30, 47]):
+    pulled.clear()
+    np.testing.assert_array_equal(video.decode_frames(path, idx), full[idx])
+    last = max(decode_order.index(presentation[i]) for i in idx)
+    assert pulled == decode_order[:last + 1], idx  # exactly the packets up to the last wanted one
+
+
+def test_a_frame_size_change_inside_a_clip_is_a_clear_error(tmp_path):
+  """Two h264 streams of different sizes, one after the other in one MPEG-TS stream (as a cut-together broadcast or
+  camera stream can be; the decoder switches size at the second part's in-band SPS)."""
+  parts = [_encode(str(tmp_path / f"{i}.ts"), _frames(24, h=h, w=w, seed=i), options={"bf": "0"})
+           for i, (h, w) in enumerate([(48, 64), (32, 48)])]
+  joined = str(tmp_path / "joined.ts")
+  with av.open(joined, "w") as out:
+    shift = 0
+    for part in parts:
+      with av.open(part) as inp:
+        source = inp.streams.video[0]
+        if not out.streams.video:
+          stream = out.add_stream_from_template(source)
+        for packet in inp.demux(source):
+          if packet.size:
+            packet.pts, packet.dts, packet.stream = packet.pts + shift, packet.dts + shift, stream
+            out.mux(packet)
+        shift += 24 * int(1 / (source.average_rate * source.time_base))
+  assert video.decode_frames(str(joined), [0, 5, 10]).shape == (3, 48, 64, 3)
+  with pytest.raises(video.VideoDecodeError, match="frame size changes within the clip"):
+    video.decode_frames(str(joined), [10, 20, 30])
+
+
+_CONTAINER_CASES = _SKIP_CASES + [
+    ("libx264", "mp4", "yuv420p", {"bf": "0"}),  # no B-frames: what probing decodes 7 frames to confirm
+    ("mpeg4", "avi", "yuv420p", {"bf": "2"}),
+    ("libx264", "ts", "yuv420p", {"bf": "3"}),  # MPEG-TS: no frame rate in the header, so probed
+]
+
+
+@pytest.mark.parametrize("codec,ext,pix_fmt,options", _CONTAINER_CASES, ids=lambda c: c if isinstance(c, str) else None)
+def test_opening_without_stream_probing_changes_no_table_and_no_frame(tmp_path, monkeypatch, codec, ext, pix_fmt,
+                                                                        options):
+  path = _encode(str(tmp_path / f"v.{ext}"), _frames(60, seed=7), codec=codec, pix_fmt=pix_fmt, options=options)
+  opened = []
+  original = video._open
+
+  def recording(*args, **kwargs):
+    opened.append(kwargs.get("probe_streams", True))
+    return original(*args, **kwargs)
+  monkeypatch.setattr(video, "_open", recording)
+  with video._open_indexed(path, 1) as (_, _, table):
+    pass
+  with original(path, 1) as (container, stream):
+    probed = video._frame_table(path, container, stream)
+  np.testing.assert_array_equal(table.pts, probed.pts)
+  assert (table.key_pts, table.avg_fps, table.reordered) == (probed.key_pts, probed.avg_fps, probed.reordered)
+  assert opened == ([False, True] if ext == "ts" else [False])  # the header sufficed everywhere but in MPEG-TS
+  full = _sequential(path)
+  for seed in range(3):
+    (clip,), (idx,) = video.load_clips(path, video.ClipSampling(frames_per_clip=8, frame_step=3),
+                                       np.random.default_rng(seed))
+    np.testing.assert_array_equal(clip, full[idx])
+
+
+def test_reordered_frames_need_a_reorder_delay_from_the_header(tmp_path):
+  """An h264 stream with B-frames whose SPS gave no delay would be probed: the rule, on a real unprobed stream."""
+  path = _encode(str(tmp_path / "v.mp4"), _frames(12, seed=8), options={"bf": "0"})
+  with video._open(path, 1, probe_streams=False) as (container, stream):
+    table = video._frame_table(path, container, stream)
+    assert not table.reordered and not stream.codec_context.has_b_frames
+    assert video._header_suffices(stream, table)
+    assert not video._header_suffices(stream, dataclasses.replace(table, reordered=True))
 
 
 def test_a_wanted_frame_lost_to_skipping_falls_back_to_decoding_everything(tmp_path, monkeypatch):
@@ -286,11 +378,12 @@ def test_a_wanted_frame_lost_to_skipping_falls_back_to_decoding_everything(tmp_p
   original = video._decoded_frames
   passes = []
 
-  def skip_every_non_reference_frame(container, stream, skip_pts):
-    """A file whose packet timestamps would not name its frames: the skipping pass loses wanted B-frames."""
-    passes.append(skip_pts is not None)
-    return original(container, stream, (lambda pts: True) if skip_pts is not None else None)
-  monkeypatch.setattr(video, "_decoded_frames", skip_every_non_reference_frame)
+  def packets_not_naming_frames(packets, codec, wanted_pts, skip_unwanted):
+    """A file whose packet timestamps would not name its frames: no packet is known as wanted, so the skipping pass
+    loses the wanted B-frames."""
+    passes.append(skip_unwanted)
+    return original(packets, codec, frozenset(pts + 1 for pts in wanted_pts), skip_unwanted)
+  monkeypatch.setattr(video, "_decoded_frames", packets_not_naming_frames)
   idx = [1, 2, 3, 5, 6, 7, 30]
   np.testing.assert_array_equal(video.decode_frames(path, idx), full[idx])
   assert passes[0] and not passes[-1]  # the skipping pass failed, the full pass gave the frames
