@@ -122,8 +122,7 @@ class DecodeClip(grain.transforms.RandomMap):
         record = self.index[int(rng.integers(len(self.index)))]
         continue
       self.failures.succeeded()
-      return {"clips": np.stack(clips), "labels": np.int32(record["label"]), "indices": np.stack(indices),
-              "skipped": np.int32(skipped)}
+      return {"clips": clips, "labels": np.int32(record["label"]), "indices": indices, "skipped": np.int32(skipped)}
 
 
 class DecodeOrMark(grain.transforms.RandomMap):
@@ -139,7 +138,7 @@ class DecodeOrMark(grain.transforms.RandomMap):
       clips, indices = video.load_clips(record["path"], self.sampling, rng, threads=self.threads)
     except video.VideoDecodeError as e:
       return {"unreadable": e.reason, "path": e.path, "labels": np.int32(record["label"])}
-    return {"clips": np.stack(clips), "labels": np.int32(record["label"]), "indices": np.stack(indices)}
+    return {"clips": clips, "labels": np.int32(record["label"]), "indices": indices}
 
 
 class _Tally:

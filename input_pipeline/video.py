@@ -357,11 +357,11 @@ def decode_frames(path: str, indices: Sequence[int], *, threads: int = 1) -> np.
 
 
 def load_clips(path: str, sampling: ClipSampling, rng: np.random.Generator, *,
-               threads: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
-  """The official `loadvideo_decord`: num_clips clips uint8 [T, H, W, 3] and their frame indices.
+               threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """The official `loadvideo_decord`: clips uint8 [num_clips, T, H, W, 3] and their frame indices [num_clips, T].
 
   Opens the file once: the packet headers give the frame count and fps for the index rule, then only the frames
-  of the clips are decoded.
+  of the clips are decoded, straight into the returned array (the pipeline batches it as it is, no stacking copy).
   """
   _check_file(path, sampling.filter_long_videos)
   with _open_indexed(path, threads) as (container, stream, table):
@@ -373,4 +373,4 @@ def load_clips(path: str, sampling: ClipSampling, rng: np.random.Generator, *,
     if flat.min() < 0:
       raise VideoDecodeError(path, f"too short: {len(table.pts)} frames for {sampling.num_clips} clips")
     frames = _decode_wanted(path, container, stream, table, flat)
-  return list(np.split(frames, len(indices))), indices
+  return frames.reshape((len(indices), -1) + frames.shape[1:]), np.stack(indices)

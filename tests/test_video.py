@@ -138,6 +138,8 @@ def test_seeking_decodes_the_same_frames_as_sequential_decoding(tmp_path, codec,
   np.testing.assert_array_equal(video.decode_frames(path, idx), full[idx])
   s = video.ClipSampling(frame_step=2, num_clips=2)
   clips, indices = video.load_clips(path, s, np.random.default_rng(3))
+  # One array, as the pipeline batches it: [num_clips, T, H, W, 3] and [num_clips, T].
+  assert clips.shape == (2, 16, 48, 64, 3) and clips.flags.c_contiguous and indices.shape == (2, 16)
   for c, i in zip(clips, indices):
     assert c.dtype == np.uint8 and c.shape == (16, 48, 64, 3)
     np.testing.assert_array_equal(c, full[i])
