@@ -147,8 +147,8 @@ def _open(path: str, threads: int, *, probe_streams: bool = True):
   """(container, stream), closed on exit. URLs (gs://...) are read through a file object; local paths by FFmpeg.
 
   probe_streams=False opens without FFmpeg's stream probing (avformat_find_stream_info), which decodes frames to
-  learn what the header may already say: an h264 stream without B-frames costs 7 decoded frames at every open, 15
-  of bigbuckbunny.mp4's ~300 ms per clip. `_open_indexed` decides whether the header was enough.
+  learn what the header may already say: an h264 stream without B-frames costs 7 decoded frames at every open (15
+  ms of bigbuckbunny.mp4's ~300 ms per clip). `_open_indexed` decides whether the header was enough.
   """
   file = None
   try:
