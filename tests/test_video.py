@@ -10,8 +10,9 @@ import pytest
 from input_pipeline import video
 
 
-def _encode(path, frames, codec="libx264", fps=25, gop=12, pix_fmt="yuv420p", options=None, rotation=0):
-  container = av.open(path, "w")
+def _encode(path, frames, codec="libx264", fps=25, gop=12, pix_fmt="yuv420p", options=None, rotation=0,
+            muxer_options=None):
+  container = av.open(path, "w", options=dict(muxer_options or {}))
   stream = container.add_stream(codec, rate=fps)
   stream.height, stream.width = frames.shape[1:3]
   stream.pix_fmt = pix_fmt
@@ -331,17 +332,21 @@ def test_a_frame_size_change_inside_a_clip_is_a_clear_error(tmp_path):
     video.decode_frames(str(joined), [10, 20, 30])
 
 
-_CONTAINER_CASES = _SKIP_CASES + [
-    ("libx264", "mp4", "yuv420p", {"bf": "0"}),  # no B-frames: what probing decodes 7 frames to confirm
-    ("mpeg4", "avi", "yuv420p", {"bf": "2"}),
-    ("libx264", "ts", "yuv420p", {"bf": "3"}),  # MPEG-TS: no frame rate in the header, so probed
+_CONTAINER_CASES = [case + ({},) for case in _SKIP_CASES] + [
+    ("libx264", "mp4", "yuv420p", {"bf": "0"}, {}),  # no B-frames: what probing decodes 7 frames to confirm
+    # Fragmented MP4 (DASH segments, some recorders): the samples are described in the fragments, not the header.
+    ("libx264", "mp4", "yuv420p", {"bf": "3"}, {"movflags": "frag_keyframe+empty_moov"}),
+    ("mpeg4", "avi", "yuv420p", {"bf": "2"}, {}),
+    ("libx264", "ts", "yuv420p", {"bf": "3"}, {}),  # MPEG-TS: no frame rate in the header, so probed
 ]
 
 
-@pytest.mark.parametrize("codec,ext,pix_fmt,options", _CONTAINER_CASES, ids=lambda c: c if isinstance(c, str) else None)
+@pytest.mark.parametrize("codec,ext,pix_fmt,options,muxer_options", _CONTAINER_CASES,
+                         ids=lambda c: c if isinstance(c, str) else None)
 def test_opening_without_stream_probing_changes_no_table_and_no_frame(tmp_path, monkeypatch, codec, ext, pix_fmt,
-                                                                        options):
-  path = _encode(str(tmp_path / f"v.{ext}"), _frames(60, seed=7), codec=codec, pix_fmt=pix_fmt, options=options)
+                                                                        options, muxer_options):
+  path = _encode(str(tmp_path / f"v.{ext}"), _frames(60, seed=7), codec=codec, pix_fmt=pix_fmt, options=options,
+                 muxer_options=muxer_options)
   opened = []
   original = video._open
 
