@@ -239,10 +239,10 @@ def decode_parts(path, clips):
 def libavcodec_seconds(path, rng) -> float:
   """CPU seconds that libavcodec alone spends on one clip (the clip `Ours.decode` draws with the same rng).
 
-  The clip's packets are read into memory first; then only the decoder runs: from the keyframe before the first
-  wanted frame (and again from a later keyframe where the clip jumps past one, as the loader seeks), unwanted
-  non-reference frames skipped, drained after the last wanted packet. No opening, no index, no RGB, no Python per
-  frame. No loader that returns these exact frames can decode them in less with this FFmpeg build, so decord's time
+  The clip's packets are read into memory first; then only the decoder runs, through the loader's own
+  `video._decoded_frames` (unwanted non-reference frames skipped, drained after the last wanted packet): from the
+  keyframe before the first wanted frame, and again from a later keyframe where the clip jumps past one, as the
+  loader seeks. No opening, no demuxing, no index, no RGB, no copy. No loader that returns these exact frames can decode them in less with this FFmpeg build, so decord's time
   over this one is the most any loader can gain on decord for the file.
   """
   with av.open(path) as container:
@@ -255,22 +255,21 @@ def libavcodec_seconds(path, rng) -> float:
     (idx,) = video.clip_indices(len(presentation), video.ClipSampling(), rng, float(stream.average_rate))
     position = {p.pts: i for i, p in enumerate(packets)}
     targets = sorted({presentation[i] for i in idx})
-    segments = []  # [first packet, last packet] in decode order, as many as the loader's seeks
+    segments = []  # (first packet in decode order, the wanted pts from there), as many as the loader's seeks
     for target in targets:
       key = keys[max(bisect.bisect_right(keys, target) - 1, 0)]
       if not segments or key > reached:
-        segments.append([position[key], position[target]])
-      segments[-1][1] = max(segments[-1][1], position[target])
+        segments.append((position[key], []))
+      segments[-1][1].append(target)
       reached = target
     wanted = set(targets)
     returned = set()  # timestamps only: holding the frames would cost memory traffic no loader pays
     start = time.process_time()
-    for first, last in segments:
+    for first, segment in segments:
       codec.flush_buffers()
-      for packet in packets[first:last + 1]:
-        codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
-        returned.update(frame.pts for frame in codec.decode(packet))
-      returned.update(frame.pts for frame in codec.decode(None))
+      # The loader's own decode rule (skip unwanted non-reference frames, drain after the last wanted packet).
+      returned.update(frame.pts for frame in video._decoded_frames(iter(packets[first:]), codec, frozenset(segment),
+                                                                    True))
     seconds = time.process_time() - start
   missing = wanted - returned
   if missing:  # a bound from a decode that lost frames would be no bound

@@ -281,8 +281,11 @@ def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int
   Each wanted frame is converted once and written straight into the clip array (no list of frames to stack).
   """
   positions = {}  # pts of a wanted frame -> where it goes in the output
+  index_at = {}  # pts of a wanted frame -> its frame index, for the errors
   for position, index in enumerate(wanted):
-    positions.setdefault(int(table.pts[int(index)]), []).append(position)
+    pts = int(table.pts[int(index)])
+    positions.setdefault(pts, []).append(position)
+    index_at[pts] = int(index)
   targets = sorted(positions)
   reformatter = VideoReformatter()
   out = None
@@ -302,7 +305,7 @@ def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int
     try:
       frame = next(frames)
     except StopIteration:
-      raise VideoDecodeError(path, f"truncated: frame {wanted[positions[target][0]]} not decodable") from None
+      raise VideoDecodeError(path, f"truncated: frame {index_at[target]} not decodable") from None
     except av.FFmpegError as e:
       raise VideoDecodeError(path, f"corrupt data: {e}") from None
     fpts = frame.pts if frame.pts is not None else frame.dts
@@ -311,13 +314,13 @@ def _decode_at(path, container, stream, table: _FrameTable, wanted: Sequence[int
     if last_pts is None and fpts > target:
       # Open GOP: the seek landed after the wanted frame; step one keyframe back and try again.
       if k <= 0:
-        raise VideoDecodeError(path, f"cannot reach frame {wanted[positions[target][0]]}")
+        raise VideoDecodeError(path, f"cannot reach frame {index_at[target]}")
       table.key_pts = table.key_pts[:k] + table.key_pts[k + 1:]
       frames = None
       continue
     last_pts = fpts
     if targets[t] < fpts:  # the decoder skipped a wanted frame (corrupt data)
-      raise VideoDecodeError(path, f"frame {wanted[positions[targets[t]][0]]} missing from the decoded stream")
+      raise VideoDecodeError(path, f"frame {index_at[targets[t]]} missing from the decoded stream")
     if fpts == targets[t]:
       rgb = _to_rgb(frame, reformatter)
       if out is None:

@@ -354,9 +354,7 @@ def test_opening_without_stream_probing_changes_no_table_and_no_frame(tmp_path, 
     opened.append(kwargs.get("probe_streams", True))
     return original(*args, **kwargs)
   monkeypatch.setattr(video, "_open", recording)
-  with video._open_indexed(path, 1) as (_, _, table):
-    pass
-  with original(path, 1) as (container, stream):
+  with video._open_indexed(path, 1) as (_, _, table), original(path, 1) as (container, stream):
     probed = video._frame_table(path, container, stream)
   np.testing.assert_array_equal(table.pts, probed.pts)
   assert (table.key_pts, table.avg_fps, table.reordered) == (probed.key_pts, probed.avg_fps, probed.reordered)
